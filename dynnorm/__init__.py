@@ -1,0 +1,35 @@
+"""dynnorm: learned normalization layers for PyTorch.
+
+Switchable Norm (SN), Sparse SN (SSN), Exemplar Norm (EN), Dynamic Norm (DN), DN-B / DN-C and Associate
+Norm, drop-in replacements for ``nn.BatchNorm2d`` with the same parameter and buffer layout, optional
+cross-process batch statistics, a registry (:func:`create_norm`) and model conversion (:func:`convert`).
+Imports torch only; the OpenMMLab registration is in :mod:`dynnorm.integrations.mmengine`.
+"""
+from .associate import AssociateNorm2d
+from .convert import convert, convert_original_switchnorm_state_dict, is_dynnorm, revert, torch_equivalent
+from .dynamic import DynamicNorm2d, SyncDynamicNorm2d
+from .dynamic_affine import DynamicNormB2d, DynamicNormC2d, SyncDynamicNormB2d, SyncDynamicNormC2d
+from .exemplar import ExemplarNorm2d, SyncExemplarNorm2d
+from .optim import param_groups
+from .registry import SHORT_NAMES, create_norm, get_norm_layer, list_norms
+from .sparse import (
+    SparseSwitchNorm1d,
+    SparseSwitchNorm2d,
+    SparseSwitchNorm3d,
+    SyncSparseSwitchNorm2d,
+    set_sparsestmax_radius,
+    sparsemax,
+    sparsestmax,
+)
+from .switchable import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, SyncSwitchNorm2d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssociateNorm2d", "DynamicNorm2d", "DynamicNormB2d", "DynamicNormC2d", "ExemplarNorm2d",
+    "SparseSwitchNorm1d", "SparseSwitchNorm2d", "SparseSwitchNorm3d", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d",
+    "SyncDynamicNorm2d", "SyncDynamicNormB2d", "SyncDynamicNormC2d", "SyncExemplarNorm2d", "SyncSparseSwitchNorm2d",
+    "SyncSwitchNorm2d", "SHORT_NAMES", "convert", "convert_original_switchnorm_state_dict", "create_norm",
+    "get_norm_layer", "is_dynnorm", "list_norms", "param_groups", "revert", "set_sparsestmax_radius", "sparsemax",
+    "sparsestmax", "torch_equivalent",
+]
