@@ -11,6 +11,7 @@ from .dynamic import DynamicNorm2d, SyncDynamicNorm2d
 from .dynamic_affine import DynamicNormB2d, DynamicNormC2d, SyncDynamicNormB2d, SyncDynamicNormC2d
 from .exemplar import ExemplarNorm2d, SyncExemplarNorm2d
 from .optim import param_groups
+from .ratios import importance_ratios
 from .registry import SHORT_NAMES, create_norm, get_norm_layer, list_norms
 from .sparse import (
     SparseSwitchNorm1d,
@@ -30,6 +31,6 @@ __all__ = [
     "SparseSwitchNorm1d", "SparseSwitchNorm2d", "SparseSwitchNorm3d", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d",
     "SyncDynamicNorm2d", "SyncDynamicNormB2d", "SyncDynamicNormC2d", "SyncExemplarNorm2d", "SyncSparseSwitchNorm2d",
     "SyncSwitchNorm2d", "SHORT_NAMES", "convert", "convert_original_switchnorm_state_dict", "create_norm",
-    "get_norm_layer", "is_dynnorm", "list_norms", "param_groups", "revert", "set_sparsestmax_radius", "sparsemax",
+    "get_norm_layer", "importance_ratios", "is_dynnorm", "list_norms", "param_groups", "revert", "set_sparsestmax_radius", "sparsemax",
     "sparsestmax", "torch_equivalent",
 ]
