@@ -1,4 +1,4 @@
-"""The per-layer figure of learned mixing ratios (as in the SN paper): one stacked bar per layer and kind."""
+"""The per-layer figure of learned mixing ratios (as in the SN paper); needs matplotlib, imported on first use."""
 from __future__ import annotations
 
 import os
