@@ -1,0 +1,2 @@
+"""Optional integrations, imported on demand: ``dynnorm.integrations.mmengine`` (OpenMMLab) and
+``dynnorm.integrations.lightning`` (Lightning). ``import dynnorm`` never imports them."""
