@@ -87,8 +87,9 @@ class AssociateNorm2d(DynNormBase):
         acc = group_mean.dtype
         scale_key, shift_key = (group_mean, group_var) if self.scale_from == "mean" else (group_var, group_mean)
         encoder = self.encoder_weight.to(acc)
-        scale = torch.sigmoid(torch.relu(scale_key @ encoder.t()) @ self.scale_decoder_weight.to(acc).t())
-        shift = torch.tanh(torch.relu(shift_key @ encoder.t()) @ self.shift_decoder_weight.to(acc).t())
+        with F.autocast_disabled(group_mean):
+            scale = torch.sigmoid(torch.relu(scale_key @ encoder.t()) @ self.scale_decoder_weight.to(acc).t())
+            shift = torch.tanh(torch.relu(shift_key @ encoder.t()) @ self.shift_decoder_weight.to(acc).t())
         return scale, shift
 
     def forward(self, x: Tensor) -> Tensor:

@@ -102,11 +102,12 @@ class DynamicNorm2d(DynNormBase):
 
     def gates(self) -> dict[str, Tensor]:
         """The gate values in [0, 1]: ``mean_channel``/``var_channel`` ``(K,)``, ``mean_batch``/``var_batch`` ``()``."""
+        acc = F.accumulation_dtype(self.mean_gate_logits.dtype)
         return {
-            "mean_channel": torch.sigmoid(self.mean_gate_logits.float()),
-            "var_channel": torch.sigmoid(self.var_gate_logits.float()),
-            "mean_batch": torch.sigmoid(self.mean_batch_logit.float()),
-            "var_batch": torch.sigmoid(self.var_batch_logit.float()),
+            "mean_channel": torch.sigmoid(self.mean_gate_logits.to(acc)),
+            "var_channel": torch.sigmoid(self.var_gate_logits.to(acc)),
+            "mean_batch": torch.sigmoid(self.mean_batch_logit.to(acc)),
+            "var_batch": torch.sigmoid(self.var_batch_logit.to(acc)),
         }
 
     def importance_ratios(self) -> dict[str, dict[str, float]]:

@@ -82,9 +82,10 @@ class _DynamicAffineNorm(DynNormBase):
     def generate_affine(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
         """``(delta_gamma, delta_beta)``, each ``(M, C)``, from ``(M, C)`` statistics."""
         acc = mean.dtype
-        stats = torch.cat([mean, torch.sqrt(var + self.eps)], dim=1)
-        hidden = torch.relu(stats @ self.sc_w1.to(acc).t() + self.sc_b1.to(acc))
-        delta = hidden @ self.sc_w2.to(acc).t() + self.sc_b2.to(acc)
+        with F.autocast_disabled(mean):
+            stats = torch.cat([mean, torch.sqrt(var + self.eps)], dim=1)
+            hidden = torch.relu(stats @ self.sc_w1.to(acc).t() + self.sc_b1.to(acc))
+            delta = hidden @ self.sc_w2.to(acc).t() + self.sc_b2.to(acc)
         return delta[:, : self.num_features], delta[:, self.num_features :]
 
     def _sc_input(self, mean_in: Tensor, var_in: Tensor, mean_bn: Tensor, var_bn: Tensor) -> tuple[Tensor, Tensor]:

@@ -90,9 +90,10 @@ class ExemplarNorm2d(DynNormBase):
     def ratios(self, instance_mean: Tensor, instance_var: Tensor, single_value: bool = False) -> Tensor:
         """Per-sample ratios ``(N, 3)`` (order IN, LN, BN) from ``(N, C)`` instance moments."""
         acc = instance_mean.dtype
-        descriptor = torch.cat([instance_mean, torch.sqrt(instance_var + self.eps)], dim=1)
-        hidden = torch.relu(descriptor @ self.ratio_w1.to(acc).t() + self.ratio_b1.to(acc))
-        logits = hidden @ self.ratio_w2.to(acc).t() + self.ratio_bias.to(acc)
+        with F.autocast_disabled(instance_mean):
+            descriptor = torch.cat([instance_mean, torch.sqrt(instance_var + self.eps)], dim=1)
+            hidden = torch.relu(descriptor @ self.ratio_w1.to(acc).t() + self.ratio_b1.to(acc))
+            logits = hidden @ self.ratio_w2.to(acc).t() + self.ratio_bias.to(acc)
         if single_value:
             logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) == 0, float("-inf"))
         return torch.softmax(logits, dim=1)

@@ -15,6 +15,12 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def autocast_disabled(x: Tensor) -> torch.autocast:
+    """A context that turns autocast off on ``x``'s device: the layers' small heads (matmuls on statistics)
+    run in the statistics' float32 rather than the autocast dtype."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def spatial_size(x: Tensor) -> int:
     """Number of values per (sample, channel) of an ``(N, C, *)`` tensor."""
     size = 1

@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from . import functional as F
 from .switchable import _SwitchNorm
 
 
@@ -25,7 +26,7 @@ def sparsemax(logits: Tensor) -> Tensor:
 
 
 def is_one_hot(p: Tensor, tol: float = 1e-6) -> bool:
-    return bool(p.max() >= 1 - tol)
+    return bool(p.detach().max() >= 1 - tol)
 
 
 def sparsestmax(logits: Tensor, radius: float) -> Tensor:
@@ -49,10 +50,10 @@ def sparsestmax(logits: Tensor, radius: float) -> Tensor:
             radius = math.sqrt(max(radius**2 - float((centre - previous_centre).square().sum()), 0.0))
         offset = p - centre
         distance = offset.norm()
-        if float(distance) == 0.0 or float(distance) >= radius:
+        if float(distance.detach()) == 0.0 or float(distance.detach()) >= radius:
             return p
         pushed = centre + radius * offset / distance
-        if float(pushed.min()) >= 0:
+        if float(pushed.detach().min()) >= 0:
             return pushed.clamp(0, 1)
         p, previous_centre = sparsemax(pushed), centre
     return p
@@ -71,8 +72,8 @@ class _SparseSwitchNorm(_SwitchNorm):
     torch layer (:func:`dynnorm.revert`). Statistics, buffers and arguments as :class:`SwitchNorm2d`.
 
     Confirmed from the authors' code: SparsestMax, the linear radius schedule, freezing once one-hot.
-    Choices here: inputs with a single value per (n, c) are rejected (IN undefined, and a sparse mixture
-    cannot renormalize without it); the authors' optimizer treatment of the logits (lr/10, no weight decay,
+    Choices here: for inputs with a single value per (n, c) the IN weight is dropped and the rest
+    renormalized (an error if IN alone was selected); the authors' optimizer treatment of the logits (lr/10, no weight decay,
     gradient clipping) is left to the training code (:func:`dynnorm.param_groups`).
     """
 
@@ -93,27 +94,38 @@ class _SparseSwitchNorm(_SwitchNorm):
             num_features, eps, momentum, affine, track_running_stats, using_bn, sync_batch_stats, process_group,
             device, dtype,
         )
-        self.register_buffer("radius", torch.zeros((), device=device))
+        self.register_buffer("radius", torch.zeros((), device=device, dtype=dtype))
         self.register_buffer("mean_fixed", torch.zeros((), dtype=torch.bool, device=device))
         self.register_buffer("var_fixed", torch.zeros((), dtype=torch.bool, device=device))
 
     def _select(self, logits: nn.Parameter, fixed: Tensor) -> Tensor:
+        acc = F.accumulation_dtype(logits.dtype)
         if bool(fixed):
-            return logits.detach().float()
-        weights = sparsestmax(logits.float(), float(self.radius))
+            return logits.detach().to(acc)
+        weights = sparsestmax(logits.to(acc), float(self.radius))
         if self.training and is_one_hot(weights):
             with torch.no_grad():
                 logits.copy_(torch.nn.functional.one_hot(weights.argmax(), logits.numel()).to(logits.dtype))
                 fixed.fill_(True)
-            return logits.detach().float()
+            return logits.detach().to(acc)
         return weights
 
     def mixture_weights(self, single_value: bool = False) -> tuple[Tensor, Tensor]:
+        weights = self._select(self.mean_weight, self.mean_fixed), self._select(self.var_weight, self.var_fixed)
         if single_value:
+            weights = tuple(self._without_instance_term(w) for w in weights)
+        return weights
+
+    def _without_instance_term(self, weights: Tensor) -> Tensor:
+        """Renormalize a mixture without IN (undefined for one value per (n, c))."""
+        kept = weights.masked_fill(torch.arange(weights.numel(), device=weights.device) == 0, 0.0)
+        total = kept.sum()
+        if float(total.detach()) == 0.0:
             raise ValueError(
-                f"{type(self).__name__} needs more than one value per (sample, channel) (IN is undefined otherwise)"
+                f"{type(self).__name__} selected IN only, which is undefined for inputs with one value per "
+                "(sample, channel)"
             )
-        return self._select(self.mean_weight, self.mean_fixed), self._select(self.var_weight, self.var_fixed)
+        return kept / total
 
 
 class SparseSwitchNorm1d(_SparseSwitchNorm):

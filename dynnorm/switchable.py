@@ -104,7 +104,7 @@ class _SwitchNorm(DynNormBase):
 
     def _mixture(self, logits: Tensor, single_value: bool) -> Tensor:
         """Mixture weights ``(K,)`` in float32 from the logits."""
-        logits = logits.float() if logits.dtype != torch.float64 else logits
+        logits = logits.to(F.accumulation_dtype(logits.dtype))
         if single_value:  # IN of a single value is undefined: leave it out
             logits = logits.masked_fill(torch.arange(logits.numel(), device=logits.device) == 0, float("-inf"))
         return torch.softmax(logits, dim=0)
