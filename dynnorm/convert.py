@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Mapping
 
 import torch
@@ -23,9 +24,10 @@ def is_dynnorm(module: nn.Module) -> bool:
 
 
 def _accepted_kwargs(factory, candidates: dict) -> dict:
-    """The subset of ``candidates`` that ``factory``'s signature accepts."""
+    """The subset of ``candidates`` that ``factory``'s signature accepts and a partial does not already bind."""
     parameters = inspect.signature(factory).parameters
-    return {k: v for k, v in candidates.items() if k in parameters}
+    bound = getattr(factory, "keywords", {})
+    return {k: v for k, v in candidates.items() if k in parameters and k not in bound}
 
 
 def _build_replacement(source: nn.Module, factory, kwargs: dict, path: str) -> nn.Module:
@@ -40,12 +42,11 @@ def _build_replacement(source: nn.Module, factory, kwargs: dict, path: str) -> n
         inherited = {"eps": source.eps, "momentum": source.momentum, "affine": source.affine,
                      "track_running_stats": source.track_running_stats}
         num_features = source.num_features
-    elif isinstance(source, nn.GroupNorm):
+    else:  # nn.GroupNorm
         inherited = {"eps": source.eps, "affine": source.affine, "num_groups": source.num_groups}
         num_features = source.num_channels
-    else:  # pragma: no cover - guarded by the caller
-        raise TypeError(type(source))
-    reference = next(iter(source.parameters()), None) or next(iter(source.buffers()), None)
+    tensors = itertools.chain(source.parameters(), source.buffers())
+    reference = next((t for t in tensors if t.is_floating_point()), None)
     if reference is not None:
         inherited.update(device=reference.device, dtype=reference.dtype)
     layer = factory(num_features, **{**_accepted_kwargs(factory, inherited), **kwargs})

@@ -21,6 +21,18 @@ def world_size(process_group: object | None = None) -> int:
     return dist.get_world_size(process_group)
 
 
+def all_reduce_sum(tensor: Tensor, process_group: object | None = None) -> Tensor:
+    """Differentiable sum over the processes of ``process_group``: the backward all-reduces the gradients."""
+    import torch.distributed._functional_collectives as collectives
+
+    if hasattr(collectives, "all_reduce_backward"):  # torch >= 2.14: autograd-aware functional collective
+        group = process_group if process_group is not None else dist.group.WORLD
+        return collectives.wait_tensor(collectives.all_reduce(tensor, "sum", group))
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(tensor, op=dist.ReduceOp.SUM, group=process_group)
+
+
 def batch_moments(
     instance_mean: Tensor, instance_var: Tensor, sync: bool, process_group: object | None = None
 ) -> tuple[Tensor, Tensor, int]:
@@ -39,13 +51,11 @@ def batch_moments(
         mean, var = pooled_moments(instance_mean, instance_var, dim=0)
         return mean, var, instance_mean.shape[0]
 
-    from torch.distributed.nn.functional import all_reduce
-
     num_samples = instance_mean.new_full((1,), float(instance_mean.shape[0]))
     sums = torch.cat(
         [instance_mean.sum(0), (instance_var + instance_mean.square()).sum(0), num_samples]
     )
-    sums = all_reduce(sums, op=dist.ReduceOp.SUM, group=process_group)
+    sums = all_reduce_sum(sums, process_group)
     channels = instance_mean.shape[1]
     total = sums[-1]
     mean = sums[:channels] / total

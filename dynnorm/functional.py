@@ -38,7 +38,7 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(mean, var)``, each ``(N, C)`` in :func:`accumulation_dtype`.
     """
-    flat = x.reshape(x.shape[0], x.shape[1], -1).to(accumulation_dtype(x.dtype))
+    flat = x.reshape(x.shape[0], x.shape[1], spatial_size(x)).to(accumulation_dtype(x.dtype))
     var, mean = torch.var_mean(flat, dim=2, correction=0)
     return mean, var
 

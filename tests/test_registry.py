@@ -1,0 +1,52 @@
+"""Building layers by name, and the torch-only import."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dynnorm
+
+
+@pytest.mark.parametrize("name", dynnorm.list_norms())
+def test_every_short_name_builds_a_working_layer(name):
+    layer = dynnorm.create_norm(name, 64)
+    assert layer(torch.randn(2, 64, 4, 4)).shape == (2, 64, 4, 4)
+    documented = type(layer).__mro__[1] if name.startswith("Sync") else type(layer)
+    assert "Confirmed" in documented.__doc__  # every method says what is confirmed and what is interpreted
+    if name.startswith("Sync"):
+        assert "all-reduced across processes" in type(layer).__doc__
+
+
+@pytest.mark.parametrize("spelling", ["SN", "sn", "switch_norm_2d", "SwitchNorm2d", "switchnorm2d"])
+def test_names_are_case_and_underscore_insensitive(spelling):
+    assert dynnorm.get_norm_layer(spelling) is dynnorm.SwitchNorm2d
+
+
+def test_config_dicts_classes_and_sync_names():
+    layer = dynnorm.create_norm(dict(type="EN", reduction=8), 64)
+    assert isinstance(layer, dynnorm.ExemplarNorm2d) and layer.reduction == 8
+    assert isinstance(dynnorm.create_norm(dynnorm.DynamicNorm2d, 16), dynnorm.DynamicNorm2d)
+    synced = dynnorm.create_norm("SyncSN", 16)
+    assert synced.sync_batch_stats and not dynnorm.create_norm("SN", 16).sync_batch_stats
+    assert not dynnorm.create_norm("SyncSN", 16, sync_batch_stats=False).sync_batch_stats
+
+
+def test_unknown_names_and_bad_configs_raise_clearly():
+    with pytest.raises(KeyError, match=r"Unknown norm layer 'XN'; available: \["):
+        dynnorm.create_norm("XN", 8)
+    with pytest.raises(KeyError, match="must have a 'type' key"):
+        dynnorm.create_norm({"momentum": 0.1}, 8)
+    with pytest.raises(TypeError, match="got int"):
+        dynnorm.get_norm_layer(3)
+
+
+def test_import_dynnorm_loads_torch_and_nothing_heavier():
+    heavy = ["mmengine", "mmcv", "mmdet", "mmseg", "lightning", "pytorch_lightning", "torchvision",
+             "matplotlib", "torchmetrics"]
+    code = ("import sys, dynnorm; loaded = [m for m in %r if m in sys.modules]; "
+            "print(','.join(loaded)); assert not loaded, loaded" % heavy)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
