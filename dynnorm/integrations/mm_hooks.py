@@ -1,0 +1,200 @@
+"""mmengine hooks for models with dynnorm layers.
+
+- :class:`DynNormEvalHook`: honours a backbone's ``norm_eval=True`` for dynnorm layers (mmdet/mmseg backbones
+  only put ``_BatchNorm`` layers in eval mode).
+- :class:`DynNormSyncHook`: gives dynnorm layers cross-process batch statistics when the Runner converts
+  BatchNorm to SyncBN (``sync_bn='torch'`` in the config), instead of leaving them local.
+- :class:`ImportanceRatioHook`: records every layer's learned ratios (``dynnorm.importance_ratios``) during
+  training and writes their history (JSON) and the per-layer figure (PNG) at the end of the run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from mmengine.dist import master_only
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from torch import nn
+
+from ..convert import is_dynnorm
+from ..ratios import importance_ratios
+
+DATA_BATCH = dict | tuple | list | None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def apply_norm_eval(model: nn.Module) -> int:
+    """Put the dynnorm layers under every training module with ``norm_eval=True`` in eval mode.
+
+    The counterpart, for dynnorm layers, of what mmdet/mmseg backbones do to ``_BatchNorm`` layers in
+    ``train()``: the BN term then uses the running statistics, which stop updating. Returns the number of
+    layers put in eval mode.
+    """
+    count = 0
+    for module in model.modules():
+        if module.training and getattr(module, "norm_eval", False) is True:
+            for layer in module.modules():
+                if is_dynnorm(layer) and layer.training:
+                    layer.eval()
+                    count += 1
+    return count
+
+
+def set_sync_batch_stats(model: nn.Module, enabled: bool = True) -> int:
+    """Switch cross-process batch statistics on (or off) in every dynnorm layer that uses batch statistics.
+
+    Returns the number of layers switched. Layers fall back to local statistics when not distributed.
+    """
+    count = 0
+    for layer in model.modules():
+        if is_dynnorm(layer) and layer.uses_batch_statistics and layer.sync_batch_stats != enabled:
+            layer.sync_batch_stats = enabled
+            count += 1
+    return count
+
+
+class DynNormEvalHook(Hook):
+    """Honour ``norm_eval=True`` for dynnorm layers.
+
+    mmdet and mmseg backbones (ResNet, MobileNetV2, ...) implement ``norm_eval`` in ``train()`` with
+    ``isinstance(m, _BatchNorm)``, which skips dynnorm layers: they would keep training their statistics.
+    This hook runs after the train loop's ``model.train()`` (before every iteration) and puts the dynnorm
+    layers of every submodule with ``norm_eval=True`` in eval mode. The shipped dynnorm configs train with
+    ``norm_eval=False`` (live statistics, as the SN authors did); the hook makes ``norm_eval=True`` mean the
+    same for dynnorm layers as for BatchNorm. ``frozen_stages`` needs no hook (it evals whole stages).
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self) -> None:
+        self._reported = False
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
+        count = apply_norm_eval(_unwrap(runner.model))
+        if not self._reported:
+            self._reported = True
+            if count:
+                runner.logger.info(f"DynNormEvalHook: {count} dynnorm layers under norm_eval=True modules "
+                                   "use their running statistics (eval mode)")
+
+
+class DynNormSyncHook(Hook):
+    """Synchronized batch statistics for dynnorm layers in distributed training.
+
+    The Runner's ``sync_bn='torch'|'mmcv'`` converts ``_BatchNorm`` layers only. With this hook, the same
+    config key (or ``enabled=True``) switches on ``sync_batch_stats`` in every dynnorm layer that uses batch
+    statistics, when the run is distributed; dynnorm layers are never replaced by torch's SyncBatchNorm,
+    which would drop their extra parameters. (``norm_cfg=dict(type='SyncSN')`` etc. are synchronized
+    already and need no hook.)
+
+    Args:
+        enabled: ``None`` follows the config's ``sync_bn``; ``True``/``False`` force it.
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        if enabled not in (None, True, False):
+            raise ValueError(f"enabled must be None, True or False, got {enabled!r}")
+        self.enabled = enabled
+
+    def before_run(self, runner) -> None:
+        enabled = bool(runner.cfg.get("sync_bn")) if self.enabled is None else self.enabled
+        if not (enabled and runner.distributed):
+            return
+        count = set_sync_batch_stats(_unwrap(runner.model), True)
+        runner.logger.info(f"DynNormSyncHook: {count} dynnorm layers synchronize their batch statistics "
+                           f"across {runner.world_size} processes")
+
+
+class ImportanceRatioHook(Hook):
+    """Record the learned ratios of every dynnorm layer during training and plot them at the end.
+
+    Every ``interval`` training iterations (and before the first and after the last) the hook stores
+    ``dynnorm.importance_ratios(model)`` (SN/SSN: mean and variance ratios of IN/LN/BN; EN: its batch-averaged
+    ratios; DN: gates), and sends the per-normalizer average over layers to the visualizer's backends
+    (``ratio/<kind>_<normalizer>`` scalars). After training, the main process writes to ``out_dir`` (default:
+    the run's log directory):
+
+    - ``importance_ratios.json``: ``{"history": [{"iter": i, "ratios": {layer: {kind: {normalizer: r}}}}, ...]}``;
+    - ``importance_ratios.png``: the final ratios per layer (:func:`dynnorm.plotting.plot_importance_ratios`),
+      when the model has IN/LN/BN ratios (SN, SSN, EN).
+
+    The history is stored in checkpoints, so a resumed run writes the whole of it.
+
+    Args:
+        interval: record every ``interval`` training iterations. Default: 100
+        out_dir: folder for the files; ``None`` for the run's log directory. Default: None
+    """
+
+    priority = "LOW"  # after the optimizer step, before CheckpointHook saves (VERY_LOW)
+    checkpoint_key = "dynnorm_importance_ratios"
+
+    def __init__(self, interval: int = 100, out_dir: str | os.PathLike | None = None) -> None:
+        if not isinstance(interval, int) or interval <= 0:
+            raise ValueError(f"interval must be a positive int, got {interval!r}")
+        self.interval = interval
+        self.out_dir = out_dir
+        self.history: list[dict] = []
+
+    def _record(self, runner, iteration: int) -> None:
+        ratios = importance_ratios(_unwrap(runner.model))
+        if not ratios or (self.history and self.history[-1]["iter"] == iteration):
+            return
+        self.history.append({"iter": iteration, "ratios": ratios})
+        averages: dict[str, list[float]] = {}
+        for kinds in ratios.values():
+            for kind, values in kinds.items():
+                for normalizer, value in values.items():
+                    averages.setdefault(f"ratio/{kind}_{normalizer}", []).append(value)
+        runner.visualizer.add_scalars({k: sum(v) / len(v) for k, v in averages.items()}, step=iteration)
+
+    def before_train(self, runner) -> None:
+        # After a resume the loaded history ends at the checkpoint; after load_from it belongs to another run.
+        self.history = [entry for entry in self.history if entry["iter"] <= runner.iter]
+        self._record(runner, runner.iter)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
+        if self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner):
+            self._record(runner, runner.iter + 1)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint[self.checkpoint_key] = self.history
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get(self.checkpoint_key, []))
+
+    def after_train(self, runner) -> None:
+        self._record(runner, runner.iter)
+        self._write(runner)
+
+    @master_only
+    def _write(self, runner) -> None:
+        if not self.history:
+            print_log("ImportanceRatioHook: the model has no dynnorm layer with learned ratios; nothing to write",
+                      logger="current", level=logging.WARNING)
+            return
+        out_dir = Path(self.out_dir if self.out_dir is not None else runner.log_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        json_path = out_dir / "importance_ratios.json"
+        temporary = json_path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps({"history": self.history}))
+        os.replace(temporary, json_path)
+        written = [json_path]
+        try:
+            from ..plotting import plot_importance_ratios
+
+            final = self.history[-1]
+            written.append(plot_importance_ratios(
+                final["ratios"], out_dir / "importance_ratios.png",
+                title=f"Learned importance ratios after {final['iter']} iterations"))
+        except ValueError as error:  # only ratios that are not IN/LN/BN mixtures (DN gates)
+            print_log(f"ImportanceRatioHook: no figure ({error})", logger="current", level=logging.WARNING)
+        runner.logger.info("ImportanceRatioHook: wrote " + ", ".join(str(p) for p in written))

@@ -1,0 +1,72 @@
+"""OpenMMLab integration: ``norm_cfg=dict(type='SN')`` in mmdet, mmseg and any other mmengine-based config.
+
+Load it from a config with::
+
+    custom_imports = dict(imports=['dynnorm.integrations.mmengine'], allow_failed_imports=False)
+
+Importing the module calls :func:`register_all_modules`, which registers, in mmengine's *root* registries
+(so that every downstream scope, ``mmdet`` and ``mmseg`` alike, finds them through the registry parent chain):
+
+- ``MODELS``: every dynnorm layer under its short name (``'SN'``, ``'SyncSN'``, ``'EN'``, ``'DN'``, ``'DNB'``,
+  ``'DNC'``, ``'AssocNorm'``, ``'SSN'``, ...) and its class name (``'SwitchNorm2d'``, ...), so mmcv's
+  ``build_norm_layer(dict(type='SN'), 64)`` works. Layers are named ``bn1``, ``bn2``, ... by mmcv (their
+  ``_abbr_`` is ``'bn'``), so ImageNet BatchNorm checkpoints load into them: only the new parameters (SN's
+  ``mean_weight``/``var_weight``, ...) are missing;
+- ``OPTIM_WRAPPER_CONSTRUCTORS``: :class:`~dynnorm.integrations.mm_optim.DynNormOptimWrapperConstructor`
+  (no weight decay on normalization parameters);
+- ``HOOKS``: :class:`~dynnorm.integrations.mm_hooks.DynNormEvalHook` (``norm_eval``),
+  :class:`~dynnorm.integrations.mm_hooks.DynNormSyncHook` (``sync_bn``) and
+  :class:`~dynnorm.integrations.mm_hooks.ImportanceRatioHook` (ratio history and figure);
+- a local checkpoint loader that makes ``resume``/``load_from`` work with torch >= 2.6 and mmengine 0.10
+  (:mod:`dynnorm.integrations.mm_checkpoint`).
+
+Needs only mmengine (mmcv, mmdet and mmseg are needed by the models that use the layers, not here).
+"""
+from __future__ import annotations
+
+try:
+    from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("dynnorm.integrations.mmengine requires mmengine: pip install 'dynnorm[mm]'") from error
+
+from ..registry import LAYER_CLASSES, SHORT_NAMES
+from .mm_checkpoint import register_checkpoint_loader
+from .mm_hooks import DynNormEvalHook, DynNormSyncHook, ImportanceRatioHook
+from .mm_optim import DynNormOptimWrapperConstructor
+
+__all__ = [
+    "DynNormEvalHook", "DynNormOptimWrapperConstructor", "DynNormSyncHook", "ImportanceRatioHook",
+    "registered_names", "register_all_modules",
+]
+
+
+def registered_names() -> dict[str, type]:
+    """The names under which :func:`register_all_modules` puts dynnorm layers in ``MODELS``."""
+    return {**SHORT_NAMES, **{cls.__name__: cls for cls in LAYER_CLASSES}}
+
+
+def _register(registry, name: str, obj: type) -> None:
+    existing = registry.module_dict.get(name)
+    if existing is obj:
+        return
+    if existing is not None:
+        raise KeyError(f"{name!r} is already registered in mmengine's {registry.name} registry as "
+                       f"{existing.__module__}.{existing.__qualname__}; dynnorm will not replace it")
+    registry.register_module(name=name, module=obj)
+
+
+def register_all_modules() -> None:
+    """Register dynnorm's layers, optimizer constructor and hooks in mmengine's root registries.
+
+    Idempotent: registering twice (or after a reload of this module) changes nothing. Raises ``KeyError``
+    if a name is already taken by another class.
+    """
+    for name, cls in registered_names().items():
+        _register(MODELS, name, cls)
+    _register(OPTIM_WRAPPER_CONSTRUCTORS, DynNormOptimWrapperConstructor.__name__, DynNormOptimWrapperConstructor)
+    for hook in (DynNormEvalHook, DynNormSyncHook, ImportanceRatioHook):
+        _register(HOOKS, hook.__name__, hook)
+    register_checkpoint_loader()
+
+
+register_all_modules()
