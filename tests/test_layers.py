@@ -239,3 +239,14 @@ def test_constructible_from_num_features_alone_and_accepts_eps(case):
     assert not isinstance(layer, nn.modules.batchnorm._BatchNorm)
     assert not isinstance(layer, nn.GroupNorm)
     assert repr(layer).startswith(type(layer).__name__ + "(32")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name != "SSN"], ids=str)
+def test_eval_layer_exports_with_torch_export(case):
+    """SSN's SparsestMax has data-dependent control flow; a converged SSN exports after ``dynnorm.revert``."""
+    layer = randomize(case.build(SHAPE[1]))
+    layer(_x(dtype=torch.float32))
+    layer.eval()
+    x = _x(dtype=torch.float32)
+    exported = torch.export.export(layer, (x,))
+    torch.testing.assert_close(exported.module()(x), layer(x))
