@@ -39,6 +39,9 @@ class _DynamicAffineNorm(DynNormBase):
         num_features, eps, momentum, affine, track_running_stats, sync_batch_stats, process_group:
             as :class:`SwitchNorm2d`.
         reduction: channel reduction of the SC module's hidden layer. Default: 16
+
+    Shape:
+        - Input: ``(N, C, H, W)``; Output: same shape and dtype.
     """
 
     def __init__(

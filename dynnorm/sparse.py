@@ -75,6 +75,9 @@ class _SparseSwitchNorm(_SwitchNorm):
     Choices here: for inputs with a single value per (n, c) the IN weight is dropped and the rest
     renormalized (an error if IN alone was selected); the authors' optimizer treatment of the logits (lr/10, no weight decay,
     gradient clipping) is left to the training code (:func:`dynnorm.param_groups`).
+
+    Shape:
+        - Input: ``(N, C, *)`` (rank fixed by the subclass); Output: same shape and dtype.
     """
 
     def __init__(
