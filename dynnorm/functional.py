@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _fused
+from ._fused import fast_path, fast_path_enabled, set_fast_path  # noqa: F401  (the switch, re-exported)
+
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype statistics are computed in: float64 for float64 inputs, float32 otherwise."""
@@ -32,12 +35,22 @@ def spatial_size(x: Tensor) -> int:
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(sample, channel) mean and biased variance.
 
+    Runs the fused one-pass kernel of :mod:`dynnorm._fused` (analytic backward, saves only ``x``) when it
+    applies, otherwise :func:`instance_moments_reference`; both give the same values and gradients.
+
     Args:
         x: ``(N, C, *)`` input.
 
     Returns:
         ``(mean, var)``, each ``(N, C)`` in :func:`accumulation_dtype`.
     """
+    if _fused.applies(x):
+        return _fused.instance_moments(x)
+    return instance_moments_reference(x)
+
+
+def instance_moments_reference(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`instance_moments` with plain PyTorch ops (``torch.var_mean``): the oracle of the fast path."""
     flat = x.reshape(x.shape[0], x.shape[1], spatial_size(x)).to(accumulation_dtype(x.dtype))
     var, mean = torch.var_mean(flat, dim=2, correction=0)
     return mean, var
@@ -67,8 +80,17 @@ def group_moments(mean: Tensor, var: Tensor, num_groups: int) -> tuple[Tensor, T
 def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x * scale + shift`` with per-(sample, channel) ``(N, C)`` (or ``(1, C)``) coefficients.
 
-    Computed in the coefficients' dtype and returned in ``x.dtype``; keeps ``x``'s memory format.
+    Computed in the coefficients' dtype and returned in ``x.dtype``; keeps ``x``'s memory format. Runs the
+    fused one-pass kernel of :mod:`dynnorm._fused` (analytic backward, saves only ``x``) when it applies,
+    otherwise :func:`scale_shift_reference`.
     """
+    if _fused.applies(x, scale.dtype) and shift.dtype == scale.dtype:
+        return _fused.scale_shift(x, scale, shift)
+    return scale_shift_reference(x, scale, shift)
+
+
+def scale_shift_reference(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """:func:`scale_shift` with plain broadcasting PyTorch ops: the oracle of the fast path."""
     view = (scale.shape[0], scale.shape[1]) + (1,) * (x.dim() - 2)
     out = torch.addcmul(shift.reshape(view), x.to(scale.dtype), scale.reshape(view))
     return out.to(x.dtype)

@@ -1,0 +1,227 @@
+"""Fast paths for the two large-tensor pieces of every dynnorm layer: per-(n, c) moments and the normalize.
+
+Every layer reduces to ``y = x * scale[n, c] + shift[n, c]`` with ``scale``/``shift`` computed from the
+per-(n, c) mean and variance by a little math on ``(N, C)``/``(C,)`` tensors. Only two steps touch the
+whole input, and only they get custom :class:`torch.autograd.Function` s here; the small math stays in
+ordinary autograd:
+
+- :func:`instance_moments`: one pass over ``x`` computes ``sum(x)`` and ``sum(x * (x - k))`` per (n, c),
+  shifted by the first value ``k`` of each (n, c) so that large means do not cancel the variance. Its
+  backward is the analytic ``dx = (g_mean + 2 g_var (x - mean)) / L``, one affine pass over ``x``.
+- :func:`scale_shift`: ``y = x * scale + shift`` in one pass. Its backward needs two per-(n, c) sums,
+  ``sum(dy)`` and ``sum(dy * x)`` (the gradients of ``shift`` and ``scale``), computed in one pass, and
+  ``dx = dy * scale``.
+
+Both save only the input (one storage shared by the two) plus ``(N, C)`` statistics. The passes run on
+ATen's BatchNorm kernels applied to the input viewed as ``(1, N * C, L)``, a "batch" of one sample whose
+channels are the (n, c) pairs: ``native_batch_norm_backward`` in evaluation mode with ``running_var = 1``
+and ``eps = 0`` computes exactly ``sum(dy)`` and ``sum(dy * (x - running_mean))`` per channel, and
+evaluation-mode ``batch_norm`` computes ``x * weight + bias``. These kernels are vectorized, parallel over
+channels, accumulate bf16/fp16 inputs in float32 and exist on CPU and CUDA. Channels-last inputs use one
+kernel call per sample for the sums and a broadcast ``addcmul`` for the normalize.
+
+The straightforward implementation (:func:`dynnorm.functional.instance_moments_reference`,
+:func:`dynnorm.functional.scale_shift_reference`) stays as the oracle; :func:`dynnorm.functional` dispatches
+here when :func:`applies` is true, and :func:`set_fast_path` switches between the two (``DYNNORM_FAST_PATH=0`` in the
+environment starts with the reference). Double backward (``create_graph=True``) is supported: the
+backward formulas are then evaluated with differentiable PyTorch ops.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+_aten = torch.ops.aten
+_fast_path_enabled = os.environ.get("DYNNORM_FAST_PATH", "1") not in ("0", "false", "False")
+
+
+def set_fast_path(enabled: bool) -> None:
+    """Use the fused kernels (``True``, the default) or the straightforward reference ops (``False``)."""
+    global _fast_path_enabled
+    _fast_path_enabled = bool(enabled)
+
+
+def fast_path_enabled() -> bool:
+    """Whether :func:`instance_moments` and :func:`scale_shift` dispatch to the fused kernels."""
+    return _fast_path_enabled
+
+
+@contextlib.contextmanager
+def fast_path(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_fast_path`; restores the previous setting on exit."""
+    previous = _fast_path_enabled
+    set_fast_path(enabled)
+    try:
+        yield
+    finally:
+        set_fast_path(previous)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _spatial_size(x: Tensor) -> int:
+    size = 1
+    for s in x.shape[2:]:
+        size *= s
+    return size
+
+
+# -- layout dispatch -------------------------------------------------------------------------------------
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    if x.dim() == 4:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        return x.is_contiguous(memory_format=torch.channels_last_3d)
+    return False
+
+
+def applies(x: Tensor, coefficient_dtype: torch.dtype | None = None) -> bool:
+    """Whether the fused kernels apply (and are enabled): a non-empty contiguous or channels-last float input whose
+    coefficients are in its accumulation dtype (float32 for bf16/fp16/float32, float64 for float64)."""
+    if not _fast_path_enabled or x.dim() < 2 or x.numel() == 0:
+        return False
+    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        return False
+    if coefficient_dtype is not None and coefficient_dtype != _accumulation_dtype(x.dtype):
+        return False
+    if x.device.type not in ("cpu", "cuda"):
+        return False
+    return x.is_contiguous() or _is_channels_last(x)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """A contiguous ``(N, C, *)`` tensor as ``(1, N * C, L)``: one BatchNorm "channel" per (n, c)."""
+    return x.view(1, x.shape[0] * x.shape[1], -1)
+
+
+def _row_sums(dy: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sum(dy), sum(dy * (x - center)))`` per (n, c), each ``(N, C)`` in ``center``'s dtype.
+
+    One pass over ``dy`` and ``x`` (same shape and layout), by ``native_batch_norm_backward`` in
+    evaluation mode with ``running_mean = center``, ``running_var = 1``, ``eps = 0``.
+    """
+    n, c = x.shape[0], x.shape[1]
+    if x.is_contiguous():
+        ones = torch.ones(n * c, dtype=center.dtype, device=center.device)
+        _, weighted, plain = _aten.native_batch_norm_backward(
+            _rows(dy), _rows(x), None, center.reshape(n * c), ones, None, None, False, 0.0, [False, True, True]
+        )
+        return plain.view(n, c), weighted.view(n, c)
+    # Channels last: each sample is a channels-last (1, C, *) tensor, which the kernel handles natively.
+    ones = torch.ones(c, dtype=center.dtype, device=center.device)
+    plains, weighteds = [], []
+    for i in range(n):
+        _, weighted, plain = _aten.native_batch_norm_backward(
+            dy[i : i + 1], x[i : i + 1], None, center[i], ones, None, None, False, 0.0, [False, True, True]
+        )
+        plains.append(plain)
+        weighteds.append(weighted)
+    return torch.stack(plains), torch.stack(weighteds)
+
+
+def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``x * scale + shift`` with ``(N, C)`` coefficients, computed in their dtype, returned in ``x.dtype``,
+    in ``x``'s layout; one pass (evaluation-mode BatchNorm over ``(1, N * C, L)`` for contiguous inputs)."""
+    n, c = x.shape[0], x.shape[1]
+    if x.is_contiguous():
+        zeros = torch.zeros(n * c, dtype=scale.dtype, device=scale.device)
+        ones = torch.ones(n * c, dtype=scale.dtype, device=scale.device)
+        out = torch.batch_norm(
+            _rows(x), scale.reshape(n * c), shift.reshape(n * c), zeros, ones, False, 0.0, 0.0, False
+        )
+        return out if out.shape == x.shape else out.view(x.shape)
+    view = (n, c) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.reshape(view), x, scale.reshape(view)).to(x.dtype)
+
+
+# -- autograd Functions ----------------------------------------------------------------------------------
+
+
+class _InstanceMoments(torch.autograd.Function):
+    """``x -> (mean, var)`` per (n, c), biased variance, in the accumulation dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        count = _spatial_size(x)
+        # Shift by the first value of each (n, c): the sum of x * (x - k) then stays of the order of
+        # count * var + |mean - k| * |mean| * count instead of count * mean^2.
+        center = x.reshape(x.shape[0], x.shape[1], -1)[:, :, 0].to(_accumulation_dtype(x.dtype))
+        total, shifted_square_total = _row_sums(x, x, center)
+        mean = total / count
+        # sum((x - mean)^2) / L = sum(x (x - k)) / L - (mean - k) * mean
+        var = (shifted_square_total / count - (mean - center) * mean).clamp_min(0)
+        ctx.save_for_backward(x, mean)
+        ctx.count = count
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor) -> Tensor:  # type: ignore[override]
+        x, mean = ctx.saved_tensors
+        # d mean / dx = 1 / L, d var / dx = 2 (x - mean) / L  =>  dx = a * x + b per (n, c)
+        a = grad_var * (2.0 / ctx.count)
+        b = grad_mean / ctx.count - a * mean
+        if torch.is_grad_enabled():  # double backward: differentiable ops
+            view = a.shape + (1,) * (x.dim() - 2)
+            return torch.addcmul(b.reshape(view), x.to(a.dtype), a.reshape(view)).to(x.dtype)
+        return _affine(x, a, b)
+
+
+class _ScaleShift(torch.autograd.Function):
+    """``(x, scale, shift) -> x * scale + shift`` with ``(N, C)`` coefficients; output in ``x.dtype``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, scale)
+        return _affine(x, scale, shift)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, scale = ctx.saved_tensors
+        need_x, need_scale, need_shift = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # double backward: differentiable ops
+            view = scale.shape + (1,) * (x.dim() - 2)
+            dims = tuple(range(2, x.dim()))
+            grad_acc = grad_out.to(scale.dtype)
+            grad_x = (grad_acc * scale.reshape(view)).to(x.dtype) if need_x else None
+            grad_scale = (grad_acc * x.to(scale.dtype)).sum(dims) if need_scale else None
+            grad_shift = grad_acc.sum(dims) if need_shift else None
+            return grad_x, grad_scale, grad_shift
+        grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+        grad_scale = grad_shift = None
+        if need_scale or need_shift:
+            grad_shift, grad_scale = _row_sums(grad_out, x, torch.zeros_like(scale))
+        grad_x = _affine(grad_out, scale, torch.zeros_like(scale)) if need_x else None
+        return grad_x, grad_scale if need_scale else None, grad_shift if need_shift else None
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.is_contiguous():
+        return torch.contiguous_format
+    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+
+
+# -- entry points (call them where :func:`applies` is true) ------------------------------------------------
+
+
+def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) mean and biased variance, each ``(N, C)`` in float32 (float64 for float64 inputs)."""
+    return _InstanceMoments.apply(x)
+
+
+def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``x * scale + shift`` with ``(N, C)`` or ``(1, C)`` coefficients, returned in ``x.dtype`` and layout."""
+    n, c = x.shape[0], x.shape[1]
+    if not x.is_contiguous():
+        return _ScaleShift.apply(x, scale.expand(n, c), shift.expand(n, c))
+    # The Function's output must not be a view (in-place ops on it, e.g. ReLU(inplace=True), are then
+    # allowed): it works on the (1, N * C, L) rows and the reshape back happens outside.
+    rows = _ScaleShift.apply(_rows(x), scale.expand(n, c).reshape(1, n * c), shift.expand(n, c).reshape(1, n * c))
+    return rows.view(x.shape)
