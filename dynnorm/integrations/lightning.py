@@ -1,0 +1,165 @@
+"""Lightning support: cross-process batch statistics for dynnorm layers, and logging of their learned ratios.
+
+- :class:`SyncDynNorm`, a ``LayerSync`` plugin: ``Trainer(strategy='ddp', plugins=[SyncDynNorm()])`` is what
+  ``sync_batchnorm=True`` is for torch's BatchNorm (which it also converts, by default), for every dynnorm
+  layer with batch statistics (SN, SSN, EN, DN, DN-B, DN-C).
+- :class:`ImportanceRatioLogger`, a ``Callback``: logs :func:`dynnorm.importance_ratios` every epoch and
+  writes the per-layer figure (:func:`dynnorm.plotting.plot_importance_ratios`) at the end of fit.
+- :class:`SparsestMaxRadiusSchedule`, a ``Callback``: the SSN authors' linear radius schedule.
+
+Needs ``pip install 'dynnorm[lightning]'``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+try:
+    from lightning.pytorch import Callback, LightningModule, Trainer
+    from lightning.pytorch.plugins import LayerSync, TorchSyncBatchNorm
+    from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("dynnorm.integrations.lightning requires Lightning: pip install 'dynnorm[lightning]'") from error
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .._base import DynNormBase
+from ..plotting import COLOURS, plot_importance_ratios
+from ..ratios import importance_ratios
+from ..sparse import set_sparsestmax_radius
+
+
+def _cpu_backend() -> bool:
+    """True in a process group on the gloo backend (CPU training), where torch's SyncBatchNorm cannot run."""
+    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
+
+
+def batch_statistics_layers(model: nn.Module) -> list[DynNormBase]:
+    """The dynnorm layers of ``model`` that compute batch statistics (and so can synchronize them)."""
+    return [m for m in model.modules() if isinstance(m, DynNormBase) and m.uses_batch_statistics]
+
+
+class SyncDynNorm(LayerSync):
+    """Synchronize the batch statistics of dynnorm layers across the processes of a distributed run.
+
+    Lightning's DDP/FSDP strategies call :meth:`apply` before fitting and :meth:`revert` after it (single
+    device runs do not call it). :meth:`apply` sets ``sync_batch_stats = True`` on every dynnorm layer with
+    batch statistics, so each computes its batch mean and variance over the global batch (one all-reduce
+    per layer, with gradients flowing to every process); :meth:`revert` restores each layer's previous
+    setting. With ``torch_batchnorm=True`` torch's BatchNorm layers are converted to ``SyncBatchNorm`` as
+    ``sync_batchnorm=True`` does (the two options cannot be combined in one Trainer), except on the CPU
+    (gloo) backend, where torch's ``SyncBatchNorm`` cannot run: they then keep per-process statistics,
+    with a warning.
+
+    Args:
+        torch_batchnorm: also synchronize ``nn.BatchNorm*`` layers. Default: True
+
+    Example::
+
+        trainer = Trainer(accelerator="gpu", devices=8, strategy="ddp", plugins=[SyncDynNorm()])
+    """
+
+    def __init__(self, torch_batchnorm: bool = True) -> None:
+        self.torch_batchnorm = torch_batchnorm
+        self._previous: list[tuple[DynNormBase, bool]] = []
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        if self.torch_batchnorm and _cpu_backend():
+            if any(isinstance(m, _BatchNorm) for m in model.modules()):
+                rank_zero_warn("torch's SyncBatchNorm does not run on CPU (gloo): BatchNorm layers keep "
+                               "per-process statistics; dynnorm layers are synchronized")
+        elif self.torch_batchnorm:
+            model = TorchSyncBatchNorm().apply(model)
+        self._previous = [(layer, layer.sync_batch_stats) for layer in batch_statistics_layers(model)]
+        for layer, _ in self._previous:
+            layer.sync_batch_stats = True
+        return model
+
+    def revert(self, model: nn.Module) -> nn.Module:
+        for layer, previous in self._previous:
+            layer.sync_batch_stats = previous
+        self._previous = []
+        if self.torch_batchnorm and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+            model = TorchSyncBatchNorm().revert(model)
+        return model
+
+
+def _plottable(ratios: dict[str, dict[str, dict[str, float]]]) -> bool:
+    return any(set(values) <= set(COLOURS) for kinds in ratios.values() for values in kinds.values())
+
+
+class ImportanceRatioLogger(Callback):
+    """Log every dynnorm layer's learned ratios and plot them per layer when fitting ends.
+
+    Every ``log_every_n_epochs`` training epochs it logs ``ratios/<layer>/<kind>/<normalizer>`` (e.g.
+    ``ratios/layer1.0.bn1/mean/BN``; the values of :func:`dynnorm.importance_ratios`: SN/SSN mixture
+    weights, EN's batch-averaged ratios, DN's gates) to the trainer's loggers. At the end of fit, global
+    rank 0 writes ``filename`` (IN/LN/BN ratios: SN, SSN, EN) into ``dirpath``, by default the logger's
+    folder (``trainer.log_dir``). Models without such layers are left alone.
+
+    Args:
+        log_every_n_epochs: logging period in epochs. Default: 1
+        filename: the figure's file name. Default: ``importance_ratios.png``
+        dirpath: folder of the figure. Default: ``trainer.log_dir``
+
+    Attributes:
+        plot_path: the figure written by the last fit, or ``None``.
+    """
+
+    def __init__(self, log_every_n_epochs: int = 1, filename: str = "importance_ratios.png",
+                 dirpath: Optional[str] = None) -> None:
+        if log_every_n_epochs < 1:
+            raise ValueError(f"log_every_n_epochs must be positive, got {log_every_n_epochs!r}")
+        self.log_every_n_epochs = log_every_n_epochs
+        self.filename = filename
+        self.dirpath = dirpath
+        self.plot_path: Optional[Path] = None
+
+    @staticmethod
+    def flatten(ratios: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+        """``{'ratios/<layer>/<kind>/<normalizer>': value}``."""
+        return {f"ratios/{layer}/{kind}/{name}": float(value)
+                for layer, kinds in ratios.items() for kind, values in kinds.items() for name, value in values.items()}
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.log_every_n_epochs:
+            return
+        metrics = self.flatten(importance_ratios(pl_module))
+        if metrics:
+            # Identical on every rank (DDP keeps parameters in step), so no reduction is needed.
+            pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        ratios = importance_ratios(pl_module)
+        if not trainer.is_global_zero or not _plottable(ratios):
+            return
+        folder = self.dirpath or trainer.log_dir or trainer.default_root_dir
+        self.plot_path = plot_importance_ratios(ratios, Path(os.fspath(folder)) / self.filename,
+                                                title=f"Learned importance ratios after {trainer.global_step} steps")
+        rank_zero_info(f"Importance ratios plotted in {self.plot_path}")
+
+
+class SparsestMaxRadiusSchedule(Callback):
+    """Grow the SparsestMax radius of every SSN layer linearly over training, as the SSN authors do.
+
+    Before each training batch it sets ``radius = final_radius * min(step / total_steps, 1)`` with
+    ``total_steps = trainer.estimated_stepping_batches`` (:func:`dynnorm.set_sparsestmax_radius`). With three
+    normalizers the mixtures are all one-hot once the radius passes ``sqrt(2/3)``, about 0.82.
+
+    Args:
+        final_radius: radius at the end of training. Default: 1.0 (the authors' ``r = step / total``)
+    """
+
+    def __init__(self, final_radius: float = 1.0) -> None:
+        if final_radius < 0:
+            raise ValueError(f"final_radius must be non-negative, got {final_radius!r}")
+        self.final_radius = final_radius
+
+    def radius(self, trainer: Trainer) -> float:
+        total = max(float(trainer.estimated_stepping_batches), 1.0)
+        return self.final_radius * min(trainer.global_step / total, 1.0)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        set_sparsestmax_radius(pl_module, self.radius(trainer))
