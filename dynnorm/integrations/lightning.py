@@ -95,7 +95,8 @@ class ImportanceRatioLogger(Callback):
 
     Every ``log_every_n_epochs`` training epochs it logs ``ratios/<layer>/<kind>/<normalizer>`` (e.g.
     ``ratios/layer1.0.bn1/mean/BN``; the values of :func:`dynnorm.importance_ratios`: SN/SSN mixture
-    weights, EN's batch-averaged ratios, DN's gates) to the trainer's loggers. At the end of fit, global
+    weights, EN's batch-averaged ratios, DN's gates) to the trainer's loggers (``logger.log_metrics`` at the
+    current step; they are not in ``trainer.callback_metrics``, so not monitorable). At the end of fit, global
     rank 0 writes ``filename`` (IN/LN/BN ratios: SN, SSN, EN) into ``dirpath``, by default the logger's
     folder (``trainer.log_dir``). Models without such layers are left alone.
 
@@ -127,15 +128,16 @@ class ImportanceRatioLogger(Callback):
         if (trainer.current_epoch + 1) % self.log_every_n_epochs:
             return
         metrics = self.flatten(importance_ratios(pl_module))
-        if metrics:
-            # Identical on every rank (DDP keeps parameters in step), so no reduction is needed.
-            pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        # The ratios are parameters, identical on every rank: straight to the loggers (which write on
+        # rank 0 only), without the reductions and bookkeeping of self.log.
+        for logger in trainer.loggers if metrics else ():
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        folder = self.dirpath or trainer.log_dir or trainer.default_root_dir  # log_dir is collective: every rank
         ratios = importance_ratios(pl_module)
         if not trainer.is_global_zero or not _plottable(ratios):
             return
-        folder = self.dirpath or trainer.log_dir or trainer.default_root_dir
         self.plot_path = plot_importance_ratios(ratios, Path(os.fspath(folder)) / self.filename,
                                                 title=f"Learned importance ratios after {trainer.global_step} steps")
         rank_zero_info(f"Importance ratios plotted in {self.plot_path}")
