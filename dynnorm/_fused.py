@@ -5,20 +5,22 @@ per-(n, c) mean and variance by a little math on ``(N, C)``/``(C,)`` tensors. On
 whole input, and only they get custom :class:`torch.autograd.Function` s here; the small math stays in
 ordinary autograd:
 
-- :func:`instance_moments`: one pass over ``x`` computes ``sum(x)`` and ``sum(x * (x - k))`` per (n, c),
-  shifted by the first value ``k`` of each (n, c) so that large means do not cancel the variance. Its
-  backward is the analytic ``dx = (g_mean + 2 g_var (x - mean)) / L``, one affine pass over ``x``.
+- :func:`instance_moments`: ``sum(x)``, then the norm of the centered ``x - mean`` per (n, c) (two
+  passes and a temporary: a one-pass ``E[x^2] - E[x]^2`` would lose the variance to cancellation when
+  ``|mean| >> std``). Its backward is the analytic ``dx = (g_mean + 2 g_var (x - mean)) / L``, one affine
+  pass over ``x``.
 - :func:`scale_shift`: ``y = x * scale + shift`` in one pass. Its backward needs two per-(n, c) sums,
   ``sum(dy)`` and ``sum(dy * x)`` (the gradients of ``shift`` and ``scale``), computed in one pass, and
   ``dx = dy * scale``.
 
 Both save only the input (one storage shared by the two) plus ``(N, C)`` statistics. The passes run on
 ATen's BatchNorm kernels applied to the input viewed as ``(1, N * C, L)``, a "batch" of one sample whose
-channels are the (n, c) pairs: ``native_batch_norm_backward`` in evaluation mode with ``running_var = 1``
-and ``eps = 0`` computes exactly ``sum(dy)`` and ``sum(dy * (x - running_mean))`` per channel, and
+channels are the (n, c) pairs: ``native_batch_norm_backward`` in evaluation mode with ``running_mean = 0``,
+``running_var = 1`` and ``eps = 0`` computes exactly ``sum(dy)`` and ``sum(dy * x)`` per channel, and
 evaluation-mode ``batch_norm`` computes ``x * weight + bias``. These kernels are vectorized, parallel over
 channels, accumulate bf16/fp16 inputs in float32 and exist on CPU and CUDA. Channels-last inputs use one
-kernel call per sample for the sums and a broadcast ``addcmul`` for the normalize.
+kernel call per sample for the sums and a broadcast ``addcmul`` for the normalize. The forward moments use
+``sum`` and ``vector_norm`` reductions instead.
 
 The straightforward implementation (:func:`dynnorm.functional.instance_moments_reference`,
 :func:`dynnorm.functional.scale_shift_reference`) stays as the oracle; :func:`dynnorm.functional` dispatches
@@ -102,25 +104,28 @@ def _rows(x: Tensor) -> Tensor:
     return x.view(1, x.shape[0] * x.shape[1], -1)
 
 
-def _row_sums(dy: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
-    """``(sum(dy), sum(dy * (x - center)))`` per (n, c), each ``(N, C)`` in ``center``'s dtype.
+def _row_sums(dy: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(sum(dy), sum(dy * x))`` per (n, c), each ``(N, C)`` in ``dtype`` (float32 or float64).
 
     One pass over ``dy`` and ``x`` (same shape and layout), by ``native_batch_norm_backward`` in
-    evaluation mode with ``running_mean = center``, ``running_var = 1``, ``eps = 0``.
+    evaluation mode with ``running_mean = 0``, ``running_var = 1``, ``eps = 0``: its ``grad_bias`` and
+    ``grad_weight`` are then exactly these sums.
     """
     n, c = x.shape[0], x.shape[1]
     if x.is_contiguous():
-        ones = torch.ones(n * c, dtype=center.dtype, device=center.device)
+        zeros = torch.zeros(n * c, dtype=dtype, device=x.device)
+        ones = torch.ones(n * c, dtype=dtype, device=x.device)
         _, weighted, plain = _aten.native_batch_norm_backward(
-            _rows(dy), _rows(x), None, center.reshape(n * c), ones, None, None, False, 0.0, [False, True, True]
+            _rows(dy), _rows(x), None, zeros, ones, None, None, False, 0.0, [False, True, True]
         )
         return plain.view(n, c), weighted.view(n, c)
     # Channels last: each sample is a channels-last (1, C, *) tensor, which the kernel handles natively.
-    ones = torch.ones(c, dtype=center.dtype, device=center.device)
+    zeros = torch.zeros(c, dtype=dtype, device=x.device)
+    ones = torch.ones(c, dtype=dtype, device=x.device)
     plains, weighteds = [], []
     for i in range(n):
         _, weighted, plain = _aten.native_batch_norm_backward(
-            dy[i : i + 1], x[i : i + 1], None, center[i], ones, None, None, False, 0.0, [False, True, True]
+            dy[i : i + 1], x[i : i + 1], None, zeros, ones, None, None, False, 0.0, [False, True, True]
         )
         plains.append(plain)
         weighteds.append(weighted)
@@ -132,12 +137,16 @@ def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     in ``x``'s layout; one pass (evaluation-mode BatchNorm over ``(1, N * C, L)`` for contiguous inputs)."""
     n, c = x.shape[0], x.shape[1]
     if x.is_contiguous():
-        zeros = torch.zeros(n * c, dtype=scale.dtype, device=scale.device)
-        ones = torch.ones(n * c, dtype=scale.dtype, device=scale.device)
-        out = torch.batch_norm(
-            _rows(x), scale.reshape(n * c), shift.reshape(n * c), zeros, ones, False, 0.0, 0.0, False
+        # Written through a view into a tensor of x's shape, so the result is not a view: autograd can
+        # then accumulate gradients into it in place, and in-place ops on a layer's output are allowed.
+        out = torch.empty_like(x)
+        factory = {"dtype": scale.dtype, "device": scale.device}
+        _aten.native_batch_norm.out(
+            _rows(x), scale.reshape(n * c), shift.reshape(n * c), torch.zeros(n * c, **factory),
+            torch.ones(n * c, **factory), False, 0.0, 0.0,
+            out=_rows(out), save_mean=torch.empty(0, **factory), save_invstd=torch.empty(0, **factory),
         )
-        return out if out.shape == x.shape else out.view(x.shape)
+        return out
     view = (n, c) + (1,) * (x.dim() - 2)
     return torch.addcmul(shift.reshape(view), x, scale.reshape(view)).to(x.dtype)
 
@@ -150,14 +159,18 @@ class _InstanceMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        count = _spatial_size(x)
-        # Shift by the first value of each (n, c): the sum of x * (x - k) then stays of the order of
-        # count * var + |mean - k| * |mean| * count instead of count * mean^2.
-        center = x.reshape(x.shape[0], x.shape[1], -1)[:, :, 0].to(_accumulation_dtype(x.dtype))
-        total, shifted_square_total = _row_sums(x, x, center)
-        mean = total / count
-        # sum((x - mean)^2) / L = sum(x (x - k)) / L - (mean - k) * mean
-        var = (shifted_square_total / count - (mean - center) * mean).clamp_min(0)
+        n, c, count = x.shape[0], x.shape[1], _spatial_size(x)
+        acc = _accumulation_dtype(x.dtype)
+        view = (n, c) + (1,) * (x.dim() - 2)
+        mean = x.sum(tuple(range(2, x.dim())), dtype=acc) / count if x.dim() > 2 else x.to(acc)
+        # Two passes (the mean, then the centered squares): a one-pass E[x^2] - E[x]^2 loses
+        # (mean / std)^2 ulps to cancellation. The centered copy is a temporary, freed on return.
+        centered = x - mean.reshape(view)
+        if centered.is_contiguous():
+            var = torch.linalg.vector_norm(centered.reshape(n, c, count), dim=2).square() / count
+        else:  # channels last: the BatchNorm kernel per sample gives sum(t) and sum(t * t)
+            residual, square_total = _row_sums(centered, centered, acc)
+            var = (square_total / count - (residual / count).square()).clamp_min(0)
         ctx.save_for_backward(x, mean)
         ctx.count = count
         return mean, var
@@ -197,7 +210,7 @@ class _ScaleShift(torch.autograd.Function):
         grad_out = grad_out.contiguous(memory_format=_memory_format(x))
         grad_scale = grad_shift = None
         if need_scale or need_shift:
-            grad_shift, grad_scale = _row_sums(grad_out, x, torch.zeros_like(scale))
+            grad_shift, grad_scale = _row_sums(grad_out, x, scale.dtype)
         grad_x = _affine(grad_out, scale, torch.zeros_like(scale)) if need_x else None
         return grad_x, grad_scale if need_scale else None, grad_shift if need_shift else None
 
@@ -219,9 +232,4 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
 def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x * scale + shift`` with ``(N, C)`` or ``(1, C)`` coefficients, returned in ``x.dtype`` and layout."""
     n, c = x.shape[0], x.shape[1]
-    if not x.is_contiguous():
-        return _ScaleShift.apply(x, scale.expand(n, c), shift.expand(n, c))
-    # The Function's output must not be a view (in-place ops on it, e.g. ReLU(inplace=True), are then
-    # allowed): it works on the (1, N * C, L) rows and the reshape back happens outside.
-    rows = _ScaleShift.apply(_rows(x), scale.expand(n, c).reshape(1, n * c), shift.expand(n, c).reshape(1, n * c))
-    return rows.view(x.shape)
+    return _ScaleShift.apply(x, scale.expand(n, c), shift.expand(n, c))

@@ -1,0 +1,182 @@
+"""The fused kernels (dynnorm._fused) against the straightforward reference ops they replace.
+
+Values and gradients must match the reference (float64: to rounding; float32/bf16: to float32 rounding),
+for every layout the fast path accepts, for the two functional pieces and for every layer end to end.
+The custom backward passes ``gradcheck`` and ``gradgradcheck`` (double backward is supported), autograd
+saves no more than the input for the layers, and the switch really selects the implementation.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import dynnorm
+from dynnorm import _fused
+from dynnorm import functional as F
+from layer_cases import CASES, randomize
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        return x.contiguous(memory_format=fmt)
+    return x
+
+
+# (shape, layout): NCHW, channels-last 2d/3d, (N, C, L), (N, C), one value per (n, c)
+LAYOUTS = [
+    ((4, 6, 5, 7), "contiguous"),
+    ((4, 6, 5, 7), "channels_last"),
+    ((3, 5, 2, 3, 4), "channels_last"),
+    ((3, 5, 11), "contiguous"),
+    ((4, 6), "contiguous"),
+    ((2, 3, 1, 1), "contiguous"),
+]
+TOLERANCES = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
+
+
+def _pipeline(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fast: bool):
+    """Moments -> per-(n, c) coefficients depending on them (as in every layer) -> normalize."""
+    with F.fast_path(fast):
+        mean, var = F.instance_moments(x)
+        scale = weight * torch.rsqrt(var + 1e-3)
+        shift = bias - mean * scale + mean.mean(1, keepdim=True)  # an LN-like cross-channel term
+        return mean, var, F.scale_shift(x, scale, shift)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape,layout", LAYOUTS, ids=lambda v: str(v))
+def test_functional_fast_path_matches_reference_values_and_gradients(shape, layout, dtype):
+    x = _layout((torch.randn(shape, dtype=torch.float64) * 3 + 20).to(dtype), layout)
+    assert _fused.applies(x)
+    weight = torch.rand(shape[:2], dtype=dtype) + 0.5
+    bias = torch.randn(shape[:2], dtype=dtype)
+    results = {}
+    for fast in (True, False):
+        inputs = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+        mean, var, out = _pipeline(*inputs, fast=fast)
+        upstream = torch.randn_like(out, generator=torch.Generator().manual_seed(1))
+        loss = (out * upstream).sum() + (mean * 0.3).sum() + (var * 0.7).sum()
+        results[fast] = (mean, var, out, *torch.autograd.grad(loss, inputs))
+    fast_out = results[True][2]
+    assert fast_out.dtype == x.dtype and fast_out.stride() == results[False][2].stride()
+    for name, a, b in zip(("mean", "var", "out", "grad_x", "grad_weight", "grad_bias"), results[True], results[False]):
+        torch.testing.assert_close(a, b, **TOLERANCES[dtype], msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_inputs_accumulate_in_float32_like_the_reference(dtype):
+    x = (torch.randn(4, 6, 5, 7) * 50 + 300).to(dtype)  # E[x^2] - E[x]^2 would cancel in 16 bits
+    weight, bias = torch.rand(4, 6) + 0.5, torch.randn(4, 6)
+    fast = _pipeline(x, weight, bias, fast=True)
+    reference = _pipeline(x, weight, bias, fast=False)
+    assert fast[0].dtype == fast[1].dtype == torch.float32 and fast[2].dtype == dtype
+    torch.testing.assert_close(fast[0], reference[0])
+    torch.testing.assert_close(fast[1], reference[1], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(fast[2].float(), reference[2].float(), rtol=1e-2, atol=1e-2)
+
+
+def test_variance_of_large_mean_does_not_cancel_in_float32():
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64) * 0.01 + 1000.0  # mean / std = 1e5
+    mean, var = F.instance_moments(x.float())
+    expected_var = x.var((2, 3), unbiased=False)
+    torch.testing.assert_close(var.double(), expected_var, rtol=2e-2, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_and_gradgradcheck_of_the_custom_functions(layout):
+    x = _layout(torch.randn(2, 3, 3, 4, dtype=torch.float64) + 1, layout).requires_grad_()
+    scale = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert _fused.applies(x)
+    moments = _fused.instance_moments
+    normalize = _fused.scale_shift
+    combined = lambda x, s, b: normalize(x, s * moments(x)[1], b + moments(x)[0])  # noqa: E731
+    for fn, inputs in ((moments, (x,)), (normalize, (x, scale, shift)), (combined, (x, scale, shift))):
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def _train_step(layer: nn.Module, x: torch.Tensor, fast: bool):
+    x = x.detach().clone().requires_grad_()
+    with F.fast_path(fast):
+        out = layer(x)
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    names = [n for n, p in layer.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [x, *(dict(layer.named_parameters())[n] for n in names)], allow_unused=True)
+    return out, dict(zip(["input", *names], grads))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_every_layer_fast_equals_reference_in_training_and_eval(case, layout, dtype):
+    fast_layer = randomize(case.build(8, dtype=dtype))
+    reference_layer = copy.deepcopy(fast_layer)
+    x = _layout((torch.randn(4, 8, 5, 6, dtype=torch.float64) * 2 + 0.5).to(dtype), layout)
+    for step in range(2):  # a second step uses the running statistics updated by the first
+        out_fast, grads_fast = _train_step(fast_layer, x, fast=True)
+        out_ref, grads_ref = _train_step(reference_layer, x, fast=False)
+        torch.testing.assert_close(out_fast, out_ref, **TOLERANCES[dtype], msg=f"output, step {step}")
+        assert grads_fast.keys() == grads_ref.keys()
+        for name in grads_fast:
+            torch.testing.assert_close(grads_fast[name], grads_ref[name], **TOLERANCES[dtype], msg=name)
+    for (name, a), b in zip(fast_layer.named_buffers(), reference_layer.buffers()):
+        torch.testing.assert_close(a, b, **TOLERANCES[dtype], msg=name)
+    fast_layer.eval()
+    reference_layer.eval()
+    with torch.no_grad():
+        out_fast = fast_layer(x)
+        with F.fast_path(False):
+            out_ref = reference_layer(x)
+    torch.testing.assert_close(out_fast, out_ref, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("name", ["SN", "EN", "AssocNorm", "DNB"])
+def test_layers_save_only_the_input_for_backward(name):
+    layer = dynnorm.create_norm(name, 64)
+    x = torch.randn(4, 64, 16, 16, requires_grad=True)
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    assert x.untyped_storage().data_ptr() in storages
+    assert sum(storages.values()) <= 1.2 * x.nbytes
+
+
+def test_output_is_not_a_view_so_inplace_ops_on_it_work():
+    layer = nn.Sequential(dynnorm.SwitchNorm2d(4), nn.ReLU(inplace=True))
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    expected = torch.relu(dynnorm.SwitchNorm2d(4)(x))
+    out = layer(x)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_switch_selects_the_implementation_and_restores_it():
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    assert F.fast_path_enabled()
+    with F.fast_path(False):
+        assert not _fused.applies(x)
+        assert F.instance_moments(x)[0].grad_fn.name() != "_InstanceMomentsBackward"
+    assert _fused.applies(x)
+    assert F.instance_moments(x)[0].grad_fn.name() == "_InstanceMomentsBackward"
+    assert F.scale_shift(x, torch.ones(2, 4), torch.zeros(2, 4)).grad_fn.name() == "_ScaleShiftBackward"
+
+
+def test_unsupported_inputs_fall_back_to_the_reference():
+    non_contiguous = torch.randn(2, 4, 6, 6)[:, :, ::2]
+    assert not _fused.applies(non_contiguous)
+    assert not _fused.applies(torch.randn(0, 4, 3, 3))
+    assert not _fused.applies(torch.randn(2, 4, 3, 3), torch.float64)  # float32 input, float64 coefficients
+    mean, var = F.instance_moments(non_contiguous)
+    torch.testing.assert_close(mean, non_contiguous.mean((2, 3)))
+    torch.testing.assert_close(var, non_contiguous.var((2, 3), unbiased=False))

@@ -1,0 +1,414 @@
+"""Speed and memory of the dynnorm layers against nn.BatchNorm2d, nn.GroupNorm and the published SN algorithm.
+
+For every shape, dtype and mode (training forward+backward, training forward, evaluation forward) all
+layers are built once, warmed up, then timed **interleaved**: each repeat times every layer once, in a
+fresh random order, so that load from other jobs on a shared machine hits every layer alike; the figure
+is the median over the repeats, and ratios are taken against ``nn.BatchNorm2d`` timed in the same
+rounds. Columns: the layer as shipped ("fast"), the same layer with the fused kernels switched off
+(``dynnorm.functional.set_fast_path(False)``, "reference ops") for the SN family, and the layer under
+``torch.compile`` (``--compile``). "SN (published)" is :class:`PublishedSwitchNorm2d` below, the SN
+equations (Luo et al., ICLR 2019) written as straightforward PyTorch ops. Memory: bytes of the tensors
+saved for backward (unique storages, ``torch.autograd.graph.saved_tensors_hooks``) and the peak of
+memory allocated during forward+backward, both relative to the input's size.
+
+Examples::
+
+    python tools/benchmark.py                                  # CPU float32, the three issue shapes
+    python tools/benchmark.py --compile --dtypes float32 bfloat16
+    python tools/benchmark.py --device cuda --dtypes bfloat16 --compile
+
+Writes ``tools/results/benchmark.json`` and ``tools/results/benchmark.md`` (``--out`` changes the stem).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import dynnorm  # noqa: E402
+from dynnorm.functional import fast_path  # noqa: E402
+
+DEFAULT_SHAPES = ((8, 64, 56, 56), (2, 256, 32, 32), (32, 128, 28, 28))
+MODES = ("train fwd+bwd", "train fwd", "eval fwd")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+class PublishedSwitchNorm2d(nn.Module):
+    r"""The published Switchable Normalization algorithm as plain PyTorch ops (the "reference SN" column).
+
+    Written from the equations: IN moments over ``H*W`` (unbiased variance, as the published method),
+    LN and BN moments derived from them via ``E[x^2] = var + mean^2``, two softmaxes over (IN, LN, BN),
+    ``y = gamma * (x - mu) / sqrt(sigma^2 + eps) + beta``, SN's momentum convention
+    (``running = m * running + (1 - m) * batch``) and running statistics in evaluation for the BN term.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(1, num_features, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1))
+        self.mean_weight = nn.Parameter(torch.ones(3))
+        self.var_weight = nn.Parameter(torch.ones(3))
+        self.register_buffer("running_mean", torch.zeros(1, num_features, 1))
+        self.register_buffer("running_var", torch.zeros(1, num_features, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        x = x.view(n, c, -1)
+        mean_in = x.mean(-1, keepdim=True)
+        var_in = x.var(-1, keepdim=True)
+        mean_ln = mean_in.mean(1, keepdim=True)
+        second_in = var_in + mean_in**2
+        var_ln = second_in.mean(1, keepdim=True) - mean_ln**2
+        if self.training:
+            mean_bn = mean_in.mean(0, keepdim=True)
+            var_bn = second_in.mean(0, keepdim=True) - mean_bn**2
+            with torch.no_grad():
+                self.running_mean.mul_(self.momentum).add_((1 - self.momentum) * mean_bn)
+                self.running_var.mul_(self.momentum).add_((1 - self.momentum) * var_bn)
+        else:
+            mean_bn, var_bn = self.running_mean, self.running_var
+        mean_w = torch.softmax(self.mean_weight, 0)
+        var_w = torch.softmax(self.var_weight, 0)
+        mean = mean_w[0] * mean_in + mean_w[1] * mean_ln + mean_w[2] * mean_bn
+        var = var_w[0] * var_in + var_w[1] * var_ln + var_w[2] * var_bn
+        x = (x - mean) / (var + self.eps).sqrt()
+        return x.view(n, c, h, w) * self.weight + self.bias
+
+
+class WithoutFastPath(nn.Module):
+    """Runs ``layer`` with the fused kernels switched off (the straightforward reference ops)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        with fast_path(False):
+            return self.layer(x)
+
+
+def layer_factories() -> dict[str, Callable[[int], nn.Module]]:
+    """Name -> ``factory(num_channels)`` of every benchmarked layer; ``BN`` first (the ratios' base)."""
+    return {
+        "BN": nn.BatchNorm2d,
+        "GN": lambda c: nn.GroupNorm(32, c),
+        "SN (published)": PublishedSwitchNorm2d,
+        "SN": dynnorm.SwitchNorm2d,
+        "SSN": dynnorm.SparseSwitchNorm2d,
+        "EN": dynnorm.ExemplarNorm2d,
+        "DN": dynnorm.DynamicNorm2d,
+        "DN-B": dynnorm.DynamicNormB2d,
+        "DN-C": dynnorm.DynamicNormC2d,
+        "AssocNorm": dynnorm.AssociateNorm2d,
+    }
+
+
+REFERENCE_OPS_OF = ("SN", "EN", "DN-B", "AssocNorm")  # also timed with the fused kernels off
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(layer: nn.Module, x: Tensor, grad: Tensor, mode: str) -> Callable[[], None]:
+    """One timed call: forward (+ backward to the input and parameters) in ``mode``."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+    if mode == "train fwd+bwd":
+
+        def step() -> None:
+            out = layer(x)
+            torch.autograd.grad(out, [x, *params], grad, allow_unused=True)
+
+    elif mode == "train fwd":
+
+        def step() -> None:
+            layer(x)
+
+    else:
+
+        def step() -> None:
+            with torch.no_grad():
+                layer(x)
+
+    return step
+
+
+def saved_tensor_bytes(layer: nn.Module, x: Tensor) -> int:
+    """Bytes of the unique storages autograd saves for backward in one training forward."""
+    storages: dict[tuple[int, str], int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        storages[(storage.data_ptr(), str(t.device))] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    return sum(storages.values())
+
+
+def peak_memory_bytes(layer: nn.Module, x: Tensor, grad: Tensor) -> int | None:
+    """Peak of the memory allocated during one training forward+backward, above what existed before.
+
+    CUDA: the caching allocator's peak. CPU: ``torch.distributed._tools.mem_tracker.MemTracker``
+    (tracks tensor storages); ``None`` if unavailable.
+    """
+    params = [p for p in layer.parameters() if p.requires_grad]
+    if x.device.type == "cuda":
+        synchronize(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        out = layer(x)
+        grads = torch.autograd.grad(out, [x, *params], grad, allow_unused=True)
+        del out, grads
+        synchronize(x.device)
+        return torch.cuda.max_memory_allocated(x.device) - base
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:
+        return None
+    tracker = MemTracker()
+    tracker.track_external(layer)
+    leaf = x.detach().requires_grad_()
+    with tracker:
+        out = layer(leaf)
+        out.backward(grad)
+        del out
+    snapshot = tracker.get_tracker_snapshot("peak")
+    return int(snapshot[x.device]["Total"]) - leaf.nbytes  # the input's gradient buffer is not the layer's
+
+
+def build_layers(
+    names: list[str], channels: int, device: torch.device, compile_layers: bool, reference_ops: bool
+) -> dict[tuple[str, str], nn.Module]:
+    """``{(name, implementation): layer}``; implementations ``fast``, ``reference ops``, ``compiled``."""
+    factories = layer_factories()
+    layers: dict[tuple[str, str], nn.Module] = {}
+    for name in names:
+        torch.manual_seed(0)
+        layers[(name, "fast")] = factories[name](channels).to(device)
+        if reference_ops and name in REFERENCE_OPS_OF:
+            torch.manual_seed(0)
+            layers[(name, "reference ops")] = WithoutFastPath(factories[name](channels).to(device))
+        if compile_layers:
+            torch.manual_seed(0)
+            layers[(name, "compiled")] = torch.compile(factories[name](channels).to(device))
+    return layers
+
+
+def time_interleaved(
+    steps: dict[tuple[str, str], Callable[[], None]], device: torch.device, repeats: int, inner: int, warmup: int
+) -> dict[tuple[str, str], list[float]]:
+    """Per-step lists of seconds per call; each round times every step once, in a random order."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    synchronize(device)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    order = list(steps)
+    rng = random.Random(0)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for key in order:
+            step = steps[key]
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(inner):
+                step()
+            synchronize(device)
+            times[key].append((time.perf_counter() - start) / inner)
+    return times
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = list(layer_factories()) if not args.layers else ["BN", "GN", *[n for n in args.layers if n not in ("BN", "GN")]]
+    records = []
+    started = time.time()
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        for shape in args.shapes:
+            channels = shape[1]
+            x = torch.randn(shape, device=device, dtype=dtype)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+            grad = torch.randn_like(x)
+            layers = build_layers(names, channels, device, args.compile, not args.no_reference_ops)
+            input_bytes = x.nbytes
+            memory = {}
+            for (name, impl), layer in layers.items():
+                if impl != "fast":
+                    continue
+                layer.train()
+                memory[name] = (saved_tensor_bytes(layer, x), peak_memory_bytes(layer, x, grad))
+            for mode in args.modes:
+                steps = {}
+                for key, layer in layers.items():
+                    layer.train(mode != "eval fwd")
+                    steps[key] = make_step(layer, x, grad, mode)
+                times = time_interleaved(steps, device, args.repeats, args.inner, args.warmup)
+                medians = {key: statistics.median(v) for key, v in times.items()}
+                base_bn = medians[("BN", "fast")]
+                base_gn = medians[("GN", "fast")]
+                for (name, impl), median in medians.items():
+                    values = sorted(times[(name, impl)])
+                    record = {
+                        "device": device.type, "dtype": dtype_name, "shape": list(shape), "mode": mode,
+                        "layer": name, "impl": impl, "median_ms": median * 1e3,
+                        "q1_ms": values[len(values) // 4] * 1e3, "q3_ms": values[(3 * len(values)) // 4] * 1e3,
+                        "ratio_bn": median / base_bn, "ratio_gn": median / base_gn,
+                    }
+                    if impl == "fast" and mode == "train fwd+bwd":
+                        saved, peak = memory[name]
+                        record["saved_over_input"] = saved / input_bytes
+                        record["peak_over_input"] = None if peak is None else peak / input_bytes
+                    records.append(record)
+                print(
+                    f"{device.type} {dtype_name} {tuple(shape)} {mode}: "
+                    + ", ".join(f"{n}/{i}={r:.2f}x" for (n, i), r in ((k, medians[k] / base_bn) for k in medians)),
+                    flush=True,
+                )
+    return {
+        "meta": {
+            "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "repeats": args.repeats, "inner": args.inner, "warmup": args.warmup,
+            "channels_last": args.channels_last, "wall_s": round(time.time() - started, 1),
+        },
+        "records": records,
+    }
+
+
+def _fmt_shape(shape: list[int]) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def markdown(result: dict) -> str:
+    """Tables: per (device, dtype, mode) the time relative to eager nn.BatchNorm2d, then memory."""
+    meta, records = result["meta"], result["records"]
+    lines = [
+        f"Command: `{meta['command']}`",
+        "",
+        f"torch {meta['torch']}, {meta['device_name'] or meta['machine']}, {meta['threads']} thread(s), "
+        f"median of {meta['repeats']} interleaved rounds ({meta['inner']} call(s) each), load average at the end "
+        f"{', '.join(f'{v:.1f}' for v in meta['load_average'] or [])}. "
+        "Cells: time / time of eager `nn.BatchNorm2d` in the same rounds (lower is better); the BN row gives "
+        "its milliseconds. `fast`: the layer as shipped; `reference ops`: fused kernels off; `compiled`: "
+        "`torch.compile(layer)`.",
+        "",
+    ]
+    groups = sorted({(r["device"], r["dtype"], r["mode"]) for r in records}, key=lambda g: (g[0], g[1], MODES.index(g[2])))
+    for device, dtype, mode in groups:
+        rows = [r for r in records if (r["device"], r["dtype"], r["mode"]) == (device, dtype, mode)]
+        shapes = []
+        for r in rows:
+            if r["shape"] not in shapes:
+                shapes.append(r["shape"])
+        lines += [f"### {device} {dtype}, {mode}", ""]
+        lines.append("| layer | implementation | " + " | ".join(_fmt_shape(s) for s in shapes) + " |")
+        lines.append("|---|---|" + "---|" * len(shapes))
+        keys = []
+        for r in rows:
+            if (r["layer"], r["impl"]) not in keys:
+                keys.append((r["layer"], r["impl"]))
+        for layer, impl in keys:
+            cells = []
+            for shape in shapes:
+                match = [r for r in rows if (r["layer"], r["impl"]) == (layer, impl) and r["shape"] == shape]
+                if not match:
+                    cells.append("")
+                elif (layer, impl) == ("BN", "fast"):
+                    cells.append(f"1 ({match[0]['median_ms']:.2f} ms)")
+                else:
+                    cells.append(f"{match[0]['ratio_bn']:.2f}×")
+            lines.append(f"| {layer} | {impl} | " + " | ".join(cells) + " |")
+        lines.append("")
+    memory = [r for r in records if "saved_over_input" in r]
+    if memory:
+        shapes = []
+        for r in memory:
+            if (r["device"], r["dtype"], tuple(r["shape"])) not in shapes:
+                shapes.append((r["device"], r["dtype"], tuple(r["shape"])))
+        lines += [
+            "### Memory, training forward+backward (relative to the input's size)",
+            "",
+            "Saved: unique storages saved for backward. Peak: memory allocated during forward+backward above "
+            "what existed before (the output and the gradients included).",
+            "",
+            "| layer | " + " | ".join(f"{d} {t} {_fmt_shape(list(s))} saved / peak" for d, t, s in shapes) + " |",
+            "|---|" + "---|" * len(shapes),
+        ]
+        for layer in dict.fromkeys(r["layer"] for r in memory):
+            cells = []
+            for d, t, s in shapes:
+                match = [r for r in memory if r["layer"] == layer and (r["device"], r["dtype"], tuple(r["shape"])) == (d, t, s)]
+                if match:
+                    peak = match[0]["peak_over_input"]
+                    cells.append(f"{match[0]['saved_over_input']:.2f} / {'n/a' if peak is None else f'{peak:.2f}'}")
+                else:
+                    cells.append("")
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(DTYPES))
+    parser.add_argument(
+        "--shapes", nargs="+", type=lambda s: tuple(int(v) for v in s.split(",")), default=list(DEFAULT_SHAPES),
+        help="N,C,H,W (C divisible by 32)",
+    )
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--layers", nargs="+", choices=list(layer_factories()), help="default: all")
+    parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds (the median is reported)")
+    parser.add_argument("--inner", type=int, default=1, help="calls per timed sample")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile'd layers as a column")
+    parser.add_argument("--no-reference-ops", action="store_true", help="skip the fused-kernels-off column")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "tools" / "results" / "benchmark"), help="output path stem")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(result, indent=1)), (".md", markdown(result))):
+        tmp = out.with_suffix(suffix + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out.with_suffix(suffix))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
