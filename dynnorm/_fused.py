@@ -137,16 +137,12 @@ def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     in ``x``'s layout; one pass (evaluation-mode BatchNorm over ``(1, N * C, L)`` for contiguous inputs)."""
     n, c = x.shape[0], x.shape[1]
     if x.is_contiguous():
-        # Written through a view into a tensor of x's shape, so the result is not a view: autograd can
-        # then accumulate gradients into it in place, and in-place ops on a layer's output are allowed.
-        out = torch.empty_like(x)
         factory = {"dtype": scale.dtype, "device": scale.device}
-        _aten.native_batch_norm.out(
+        out = torch.batch_norm(
             _rows(x), scale.reshape(n * c), shift.reshape(n * c), torch.zeros(n * c, **factory),
-            torch.ones(n * c, **factory), False, 0.0, 0.0,
-            out=_rows(out), save_mean=torch.empty(0, **factory), save_invstd=torch.empty(0, **factory),
+            torch.ones(n * c, **factory), False, 0.0, 0.0, False,
         )
-        return out
+        return out if out.shape == x.shape else out.view(x.shape)
     view = (n, c) + (1,) * (x.dim() - 2)
     return torch.addcmul(shift.reshape(view), x, scale.reshape(view)).to(x.dtype)
 
@@ -232,4 +228,9 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
 def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x * scale + shift`` with ``(N, C)`` or ``(1, C)`` coefficients, returned in ``x.dtype`` and layout."""
     n, c = x.shape[0], x.shape[1]
-    return _ScaleShift.apply(x, scale.expand(n, c), shift.expand(n, c))
+    if not x.is_contiguous():
+        return _ScaleShift.apply(x, scale.expand(n, c), shift.expand(n, c))
+    # On the (1, N * C, L) rows, so that the Function's output is not a view (the reshape back happens
+    # outside it): in-place ops on the layer's output (ReLU(inplace=True)) then work.
+    rows = _ScaleShift.apply(_rows(x), scale.expand(n, c).reshape(1, n * c), shift.expand(n, c).reshape(1, n * c))
+    return rows.view(x.shape)
