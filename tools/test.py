@@ -1,0 +1,56 @@
+"""Evaluate a checkpoint of an mmdet or mmseg model on the config's test set, with mmengine's Runner.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--data-root DIR] [--metrics-json FILE]
+                                           [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Prints the test metrics (COCO bbox/segm mAP for detection, mIoU for segmentation) through mmengine's logger and,
+with ``--metrics-json``, writes them as JSON. Checkpoints written by tools/train.py load under torch >= 2.6 (see
+``dynnorm.integrations.mm_checkpoint``); only load checkpoints you trust.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from mmengine.config import DictAction
+from mmengine.dist import get_rank
+
+from train import build_runner, ensure_synthetic_dataset, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Test a detector or segmentor checkpoint with mmengine's Runner")
+    parser.add_argument("config", help="config file (mmdet or mmseg)")
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--work-dir", help="folder for the logs (default: work_dirs/<config name>)")
+    parser.add_argument("--data-root", help="dataset folder replacing the config's data_root everywhere")
+    parser.add_argument("--metrics-json", help="also write the metrics to this JSON file")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+                        help="override config entries, e.g. test_dataloader.batch_size=4")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher (pytorch: torchrun)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    runner = build_runner(cfg)
+    ensure_synthetic_dataset(cfg)
+    metrics = runner.test()
+    if args.metrics_json and get_rank() == 0:
+        out = Path(args.metrics_json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Train an mmdet or mmseg model from a config, with mmengine's Runner.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--data-root DIR] [--amp]
+                                 [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+    torchrun --nproc_per_node=8 tools/train.py CONFIG --launcher pytorch     # multi-GPU (or multi-process CPU)
+
+Configs load dynnorm through ``custom_imports``; this script imports it as well, so plain mmdet/mmseg configs
+with ``norm_cfg=dict(type='SN')`` work too. It also:
+
+- generates the synthetic shapes dataset first when the config asks for it (``synthetic_shapes = dict(root=...)``);
+- makes ``--resume``/``load_from`` work under torch >= 2.6 (see ``dynnorm.integrations.mm_checkpoint``);
+- with ``--launcher pytorch`` and no CUDA, uses the gloo backend and CPU DDP.
+
+Offline, configs whose backbone starts from ``torchvision://``/``open-mmlab://`` weights need either the file in
+torch's hub cache (``$TORCH_HOME/hub/checkpoints``), a local path
+(``--cfg-options model.backbone.init_cfg.checkpoint=/path/resnet50.pth``), or training from scratch
+(``--cfg-options model.backbone.init_cfg=None``; mmseg: ``model.pretrained=None``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mmengine.config import Config, DictAction
+from mmengine.dist import barrier, get_rank
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor, loader)
+from dynnorm.integrations.mm_runtime import adapt_distributed_to_cpu, replace_data_root
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a detector or segmentor with mmengine's Runner")
+    parser.add_argument("config", help="config file (mmdet or mmseg)")
+    parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
+    parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
+                        help="resume from CKPT, or from the latest checkpoint of the work dir when CKPT is omitted")
+    parser.add_argument("--data-root", help="dataset folder replacing the config's data_root everywhere")
+    parser.add_argument("--amp", action="store_true", help="automatic mixed precision (AmpOptimWrapper)")
+    parser.add_argument("--auto-scale-lr", action="store_true",
+                        help="scale the learning rate by (total batch size / auto_scale_lr.base_batch_size)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+                        help="override config entries, e.g. train_cfg.max_iters=100 "
+                             "(lists as key=\"[a,b]\", no white space)")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher (pytorch: torchrun)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """Read the config and apply the command line (shared by train and test)."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.data_root:
+        replace_data_root(cfg, args.data_root)
+        if "synthetic_shapes" in cfg:
+            cfg.synthetic_shapes.root = args.data_root
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = os.path.join("work_dirs", Path(args.config).stem)
+    adapt_distributed_to_cpu(cfg)
+    return cfg
+
+
+def ensure_synthetic_dataset(cfg: Config) -> None:
+    """Generate the synthetic shapes dataset named by ``cfg.synthetic_shapes`` (main process; others wait)."""
+    if "synthetic_shapes" not in cfg:
+        return
+    if get_rank() == 0:
+        if str(REPO_ROOT) not in sys.path:  # the repository-level `tasks` package, as mmdet's dist_train.sh does
+            sys.path.insert(0, str(REPO_ROOT))
+        from tasks.synthetic_shapes import ShapesSpec, ensure_dataset
+
+        options = dict(cfg.synthetic_shapes)
+        root = options.pop("root")
+        ensure_dataset(root, ShapesSpec(**options))
+    barrier()
+
+
+def build_runner(cfg: Config) -> Runner:
+    return RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = load_config(args)
+    if args.amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    if args.auto_scale_lr:
+        if "base_batch_size" not in cfg.get("auto_scale_lr", {}):
+            raise RuntimeError(f"--auto-scale-lr needs auto_scale_lr.base_batch_size in {args.config}")
+        cfg.auto_scale_lr.enable = True
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    runner = build_runner(cfg)
+    ensure_synthetic_dataset(cfg)
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
