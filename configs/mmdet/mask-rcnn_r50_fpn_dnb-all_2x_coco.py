@@ -1,0 +1,10 @@
+# Mask R-CNN R50-FPN, DN-B (dynamic affine on top of BN statistics) everywhere ("-all"), 2 images/GPU, 2x, COCO.
+# DN-B starts exactly as the BN network whose weights it loads. See the SN config.
+_base_ = './mask-rcnn_r50_fpn_sn-all_2x_coco.py'
+
+norm_cfg = dict(type='DNB', requires_grad=True)
+model = dict(
+    backbone=dict(norm_cfg=norm_cfg),
+    neck=dict(norm_cfg=norm_cfg),
+    roi_head=dict(bbox_head=dict(norm_cfg=norm_cfg), mask_head=dict(norm_cfg=norm_cfg)))
+custom_hooks = [dict(type='DynNormEvalHook'), dict(type='DynNormSyncHook')]

@@ -1,0 +1,8 @@
+# Mask R-CNN R50-FPN, Exemplar Normalization everywhere ("-all"), 2 images/GPU, 2x, COCO. See the SN config.
+_base_ = './mask-rcnn_r50_fpn_sn-all_2x_coco.py'
+
+norm_cfg = dict(type='EN', requires_grad=True)
+model = dict(
+    backbone=dict(norm_cfg=norm_cfg),
+    neck=dict(norm_cfg=norm_cfg),
+    roi_head=dict(bbox_head=dict(norm_cfg=norm_cfg), mask_head=dict(norm_cfg=norm_cfg)))
