@@ -150,37 +150,84 @@ def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 # -- autograd Functions ----------------------------------------------------------------------------------
 
 
+# Eager CPU: the centered values are formed in chunks of about this many bytes in a reused buffer. A
+# temporary as large as the input costs more than the pass itself there (fresh pages fault in).
+_CENTERED_CHUNK_BYTES = 1 << 20
+
+
+def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) mean and biased variance ``(N, C)`` in the accumulation dtype, without autograd.
+
+    Two passes: ``sum(x)``, then the sum of squares of ``x - mean`` (a one-pass ``E[x^2] - E[x]^2``
+    would lose ``(mean / std)^2`` ulps to cancellation). The same reductions run per (n, c) row in eager
+    and compiled code, chunked or not, so both give the same values.
+    """
+    n, c, count = x.shape[0], x.shape[1], _spatial_size(x)
+    acc = _accumulation_dtype(x.dtype)
+    if count == 1:
+        mean = x.reshape(n, c).to(acc)
+        return mean, torch.zeros_like(mean)
+    mean = x.sum(tuple(range(2, x.dim())), dtype=acc) / count
+    chunked = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    if x.is_contiguous():
+        rows, row_means = x.view(n * c, count), mean.view(n * c, 1)
+        if not chunked:
+            return mean, torch.linalg.vector_norm(rows - row_means, dim=1).square().view(n, c) / count
+        step = max(1, _CENTERED_CHUNK_BYTES // (count * torch.empty((), dtype=acc).element_size()))
+        buffer = torch.empty((min(step, n * c), count), dtype=acc, device=x.device)
+        norms = torch.empty(n * c, dtype=acc, device=x.device)
+        for start in range(0, n * c, step):
+            stop = min(start + step, n * c)
+            centered = torch.sub(rows[start:stop], row_means[start:stop], out=buffer[: stop - start])
+            torch.linalg.vector_norm(centered, dim=1, out=norms[start:stop])
+        return mean, norms.square().view(n, c) / count
+    # Channels last: one BatchNorm-kernel call per sample gives sum(t) and sum(t * t) of t = x - mean.
+    view = (1, c) + (1,) * (x.dim() - 2)
+    if chunked:
+        buffer = torch.empty_like(x[:1], dtype=acc)
+        sums = [
+            _row_sums(*(torch.sub(x[i : i + 1], mean[i].view(view), out=buffer),) * 2, acc) for i in range(n)
+        ]
+        residual = torch.cat([s[0] for s in sums])
+        square_total = torch.cat([s[1] for s in sums])
+    else:
+        centered = x - mean.view((n,) + view[1:])
+        residual, square_total = _row_sums(centered, centered, acc)
+    return mean, (square_total / count - (residual / count).square()).clamp_min(0)
+
+
 class _InstanceMoments(torch.autograd.Function):
-    """``x -> (mean, var)`` per (n, c), biased variance, in the accumulation dtype."""
+    """``x -> (mean, var, x)``: per-(n, c) moments in the accumulation dtype, and ``x`` passed through.
+
+    Pass the returned ``x`` (an alias) to :class:`_ScaleShift`: the normalize's input gradient then
+    reaches this backward as the alias's gradient, and the moments' term is added to it in place, so
+    backward allocates one input-sized gradient instead of three (two terms and their sum).
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        n, c, count = x.shape[0], x.shape[1], _spatial_size(x)
-        acc = _accumulation_dtype(x.dtype)
-        view = (n, c) + (1,) * (x.dim() - 2)
-        mean = x.sum(tuple(range(2, x.dim())), dtype=acc) / count if x.dim() > 2 else x.to(acc)
-        # Two passes (the mean, then the centered squares): a one-pass E[x^2] - E[x]^2 loses
-        # (mean / std)^2 ulps to cancellation. The centered copy is a temporary, freed on return.
-        centered = x - mean.reshape(view)
-        if centered.is_contiguous():
-            var = torch.linalg.vector_norm(centered.reshape(n, c, count), dim=2).square() / count
-        else:  # channels last: the BatchNorm kernel per sample gives sum(t) and sum(t * t)
-            residual, square_total = _row_sums(centered, centered, acc)
-            var = (square_total / count - (residual / count).square()).clamp_min(0)
+    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        mean, var = _moments(x)
         ctx.save_for_backward(x, mean)
-        ctx.count = count
-        return mean, var
+        ctx.count = _spatial_size(x)
+        ctx.set_materialize_grads(False)
+        return mean, var, x
 
     @staticmethod
-    def backward(ctx, grad_mean: Tensor, grad_var: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad_mean: Tensor | None, grad_var: Tensor | None, grad_alias: Tensor | None) -> Tensor:  # type: ignore[override]
         x, mean = ctx.saved_tensors
+        if grad_mean is None and grad_var is None:
+            return grad_alias
         # d mean / dx = 1 / L, d var / dx = 2 (x - mean) / L  =>  dx = a * x + b per (n, c)
-        a = grad_var * (2.0 / ctx.count)
-        b = grad_mean / ctx.count - a * mean
+        a = torch.zeros_like(mean) if grad_var is None else grad_var * (2.0 / ctx.count)
+        b = -a * mean if grad_mean is None else grad_mean / ctx.count - a * mean
+        view = a.shape + (1,) * (x.dim() - 2)
         if torch.is_grad_enabled():  # double backward: differentiable ops
-            view = a.shape + (1,) * (x.dim() - 2)
-            return torch.addcmul(b.reshape(view), x.to(a.dtype), a.reshape(view)).to(x.dtype)
-        return _affine(x, a, b)
+            term = torch.addcmul(b.reshape(view), x.to(a.dtype), a.reshape(view)).to(x.dtype)
+            return term if grad_alias is None else grad_alias + term
+        if grad_alias is None:
+            return _affine(x, a, b)
+        # grad_alias is the normalize's fresh input gradient: accumulate into it.
+        return grad_alias.addcmul_(x, a.reshape(view)).add_(b.reshape(view))
 
 
 class _ScaleShift(torch.autograd.Function):
@@ -220,8 +267,9 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 # -- entry points (call them where :func:`applies` is true) ------------------------------------------------
 
 
-def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-(n, c) mean and biased variance, each ``(N, C)`` in float32 (float64 for float64 inputs)."""
+def instance_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean, var, x)``: per-(n, c) mean and biased variance, each ``(N, C)`` in float32 (float64 for
+    float64 inputs), and an alias of ``x`` to normalize with :func:`scale_shift` (see :class:`_InstanceMoments`)."""
     return _InstanceMoments.apply(x)
 
 

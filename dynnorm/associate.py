@@ -96,7 +96,8 @@ class AssociateNorm2d(DynNormBase):
         self._check_input(x)
         if x.shape[0] == 0:
             return self._empty_output(x)
-        group_mean, group_var = F.group_moments(*F.instance_moments(x), self.num_groups)
+        mean_in, var_in, x = F.normalization_moments(x)
+        group_mean, group_var = F.group_moments(mean_in, var_in, self.num_groups)
         omega, beta = self.rescaling(group_mean, group_var)
         per_group = self.num_features // self.num_groups
         omega = omega.repeat_interleave(per_group, dim=1) + self.weight.to(omega.dtype)

@@ -126,7 +126,7 @@ class DynamicNorm2d(DynNormBase):
         self._check_input(x)
         if self._is_empty_local_batch(x):
             return self._empty_output(x)
-        mean_in, var_in = F.instance_moments(x)
+        mean_in, var_in, x = F.normalization_moments(x)
         mean_bn, var_bn = self._batch_statistics(x, mean_in, var_in)
         gates = {k: v.to(mean_in.dtype) for k, v in self.gates().items()}
         mean = self._pool(mean_in, mean_bn, gates["mean_batch"], gates["mean_channel"])

@@ -98,7 +98,7 @@ class _DynamicAffineNorm(DynNormBase):
         self._check_input(x)
         if self._is_empty_local_batch(x):
             return self._empty_output(x)
-        mean_in, var_in = F.instance_moments(x)
+        mean_in, var_in, x = F.normalization_moments(x)
         mean_bn, var_bn = self._batch_statistics(x, mean_in, var_in)
         delta_gamma, delta_beta = self.generate_affine(*self._sc_input(mean_in, var_in, mean_bn, var_bn))
         gamma = delta_gamma + (1.0 if self.weight is None else self.weight.to(delta_gamma.dtype))

@@ -107,7 +107,7 @@ class ExemplarNorm2d(DynNormBase):
         self._check_input(x)
         if self._is_empty_local_batch(x):
             return self._empty_output(x)
-        mean_in, var_in = F.instance_moments(x)
+        mean_in, var_in, x = F.normalization_moments(x)
         mean_ln, var_ln = F.pooled_moments(mean_in, var_in, dim=1)
         mean_bn, var_bn = self._batch_statistics(x, mean_in, var_in)
         ratios = self.ratios(mean_in, var_in, single_value=F.spatial_size(x) == 1)

@@ -45,8 +45,22 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         ``(mean, var)``, each ``(N, C)`` in :func:`accumulation_dtype`.
     """
     if _fused.applies(x):
-        return _fused.instance_moments(x)
+        mean, var, _ = _fused.instance_moments(x)
+        return mean, var
     return instance_moments_reference(x)
+
+
+def normalization_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`instance_moments` of an input that is then normalized: ``(mean, var, x)``.
+
+    Pass the returned ``x`` (and only to) :func:`scale_shift`. With the fused kernels it is an alias of
+    the input through which the normalize's input gradient reaches the moments' backward, which adds its
+    own term in place: backward then allocates one input-sized gradient, as BatchNorm does, instead of
+    three. With the reference ops it is ``x`` itself.
+    """
+    if _fused.applies(x):
+        return _fused.instance_moments(x)
+    return (*instance_moments_reference(x), x)
 
 
 def instance_moments_reference(x: Tensor) -> tuple[Tensor, Tensor]:

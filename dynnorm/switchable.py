@@ -125,7 +125,7 @@ class _SwitchNorm(DynNormBase):
         self._check_input(x)
         if self._is_empty_local_batch(x):
             return self._empty_output(x)
-        mean_in, var_in = F.instance_moments(x)
+        mean_in, var_in, x = F.normalization_moments(x)
         mean_ln, var_ln = F.pooled_moments(mean_in, var_in, dim=1)
         means, variances = [mean_in, mean_ln], [var_in, var_ln]
         if self.using_bn:

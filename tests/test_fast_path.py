@@ -12,6 +12,8 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import dynnorm
 from dynnorm import _fused
@@ -94,7 +96,11 @@ def test_gradcheck_and_gradgradcheck_of_the_custom_functions(layout):
     assert _fused.applies(x)
     moments = _fused.instance_moments
     normalize = _fused.scale_shift
-    combined = lambda x, s, b: normalize(x, s * moments(x)[1], b + moments(x)[0])  # noqa: E731
+
+    def combined(x, s, b):  # as the layers do: normalize the alias returned with the moments
+        mean, var, alias = moments(x)
+        return normalize(alias, s * var, b + mean)
+
     for fn, inputs in ((moments, (x,)), (normalize, (x, scale, shift)), (combined, (x, scale, shift))):
         assert torch.autograd.gradcheck(fn, inputs)
         assert torch.autograd.gradgradcheck(fn, inputs)
@@ -149,6 +155,48 @@ def test_layers_save_only_the_input_for_backward(name):
         layer(x)
     assert x.untyped_storage().data_ptr() in storages
     assert sum(storages.values()) <= 1.2 * x.nbytes
+
+
+def test_input_used_elsewhere_too_gets_the_sum_of_all_gradients():
+    layer = dynnorm.SwitchNorm2d(4)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for fast in (True, False):
+        with F.fast_path(fast):
+            out = layer(x) * torch.arange(36.0, dtype=torch.float64).view(1, 4, 3, 3) + x.square()
+        grads[fast] = torch.autograd.grad(out.sum(), x)[0]
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-10, atol=1e-10)
+
+
+class _LargeAllocations(TorchDispatchMode):
+    """Counts op outputs with their own storage at least as large as ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size, self.count = size, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= self.size:
+                self.count += t.untyped_storage().data_ptr() not in inputs
+        return out
+
+
+@pytest.mark.parametrize("name", ["SN", "EN", "AssocNorm"])
+def test_backward_allocates_one_input_sized_gradient_like_batchnorm(name):
+    x = torch.randn(4, 64, 8, 8, requires_grad=True)
+    counts = {}
+    for fast in (True, False):
+        layer = dynnorm.create_norm(name, 64)
+        with F.fast_path(fast):
+            out = layer(x)
+        upstream = torch.ones_like(out)
+        with _LargeAllocations(x.nbytes) as allocations:
+            torch.autograd.grad(out, x, upstream)
+        counts[fast] = allocations.count
+    assert counts[True] == 1 < counts[False]
 
 
 def test_output_is_not_a_view_so_inplace_ops_on_it_work():
