@@ -13,7 +13,8 @@ ordinary autograd:
   ``sum(dy)`` and ``sum(dy * x)`` (the gradients of ``shift`` and ``scale``), computed in one pass, and
   ``dx = dy * scale``.
 
-Both save only the input (one storage shared by the two) plus ``(N, C)`` statistics. The passes run on
+On CUDA, when Triton is installed, :mod:`dynnorm._triton` replaces the moments (one read instead of
+two) and the in-place gradient accumulation (one pass instead of two). Both save only the input (one storage shared by the two) plus ``(N, C)`` statistics. The passes run on
 ATen's BatchNorm kernels applied to the input viewed as ``(1, N * C, L)``, a "batch" of one sample whose
 channels are the (n, c) pairs: ``native_batch_norm_backward`` in evaluation mode with ``running_mean = 0``,
 ``running_var = 1`` and ``eps = 0`` computes exactly ``sum(dy)`` and ``sum(dy * x)`` per channel, and
@@ -36,6 +37,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+from . import _triton
 
 _aten = torch.ops.aten
 _fast_path_enabled = os.environ.get("DYNNORM_FAST_PATH", "1") not in ("0", "false", "False")
@@ -167,6 +170,8 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     if count == 1:
         mean = x.reshape(n, c).to(acc)
         return mean, torch.zeros_like(mean)
+    if _triton.available(x):  # CUDA: one read, Welford-style merge in float32
+        return _triton.row_moments(x)
     mean = x.sum(tuple(range(2, x.dim())), dtype=acc) / count
     chunked = x.device.type == "cpu" and not torch.compiler.is_compiling()
     if x.is_contiguous():
@@ -227,6 +232,8 @@ class _InstanceMoments(torch.autograd.Function):
         if grad_alias is None:
             return _affine(x, a, b)
         # grad_alias is the normalize's fresh input gradient: accumulate into it.
+        if _triton.available(grad_alias) and x.is_contiguous() and a.dtype == torch.float32:
+            return _triton.accumulate_affine_(grad_alias, x, a, b)
         return grad_alias.addcmul_(x, a.reshape(view)).add_(b.reshape(view))
 
 
