@@ -273,3 +273,23 @@ def test_cpu_never_uses_the_triton_kernels():
     from dynnorm import _triton
 
     assert not _triton.available(torch.randn(2, 3, 4, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cuda_fast_path_equals_reference(case, layout, dtype):
+    """On CUDA (Triton kernels where installed) against the reference ops, in float32 for the comparison."""
+    fast_layer = randomize(case.build(8)).cuda()
+    reference_layer = copy.deepcopy(fast_layer)
+    x = _layout((torch.randn(4, 8, 5, 6) * 2 + 0.5).to(dtype).cuda(), layout)
+    for step in range(2):
+        out_fast, grads_fast = _train_step(fast_layer, x, fast=True)
+        out_ref, grads_ref = _train_step(reference_layer, x, fast=False)
+        tolerance = TOLERANCES[torch.float32] if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(out_fast.float(), out_ref.float(), **tolerance, msg=f"output, step {step}")
+        for name in grads_fast:
+            scale = max(1.0, grads_ref[name].abs().max().item())
+            torch.testing.assert_close(grads_fast[name].float() / scale, grads_ref[name].float() / scale,
+                                       **tolerance, msg=name)

@@ -123,6 +123,17 @@ def layer_factories() -> dict[str, Callable[[int], nn.Module]]:
 REFERENCE_OPS_OF = ("SN", "EN", "DN-B", "AssocNorm")  # also timed with the fused kernels off
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -197,7 +208,7 @@ def peak_memory_bytes(layer: nn.Module, x: Tensor, grad: Tensor) -> int | None:
 
 
 def build_layers(
-    names: list[str], channels: int, device: torch.device, compile_layers: bool, reference_ops: bool
+    names: list[str], channels: int, device: torch.device, compile_layers: list[str], reference_ops: bool
 ) -> dict[tuple[str, str], nn.Module]:
     """``{(name, implementation): layer}``; implementations ``fast``, ``reference ops``, ``compiled``."""
     factories = layer_factories()
@@ -208,7 +219,7 @@ def build_layers(
         if reference_ops and name in REFERENCE_OPS_OF:
             torch.manual_seed(0)
             layers[(name, "reference ops")] = WithoutFastPath(factories[name](channels).to(device))
-        if compile_layers:
+        if name in compile_layers:
             torch.manual_seed(0)
             layers[(name, "compiled")] = torch.compile(factories[name](channels).to(device))
     return layers
@@ -238,7 +249,8 @@ def time_interleaved(
     return times
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, save: Callable[[dict], None] | None = None) -> dict:
+    """Benchmark everything ``args`` asks for; ``save(result)`` is called after every shape (partial results)."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,7 +266,8 @@ def run(args: argparse.Namespace) -> dict:
                 x = x.contiguous(memory_format=torch.channels_last)
             x.requires_grad_()
             grad = torch.randn_like(x)
-            layers = build_layers(names, channels, device, args.compile, not args.no_reference_ops)
+            compile_layers = (args.compile_layers or names) if args.compile and dtype_name in args.compile_dtypes else []
+            layers = build_layers(names, channels, device, compile_layers, not args.no_reference_ops)
             input_bytes = x.nbytes
             memory = {}
             for (name, impl), layer in layers.items():
@@ -289,13 +302,20 @@ def run(args: argparse.Namespace) -> dict:
                     + ", ".join(f"{n}/{i}={r:.2f}x" for (n, i), r in ((k, medians[k] / base_bn) for k in medians)),
                     flush=True,
                 )
+            if save is not None:
+                save(result(args, device, records, started))
+    return result(args, device, records, started)
+
+
+def result(args: argparse.Namespace, device: torch.device, records: list[dict], started: float) -> dict:
+    """The JSON document: how it was measured (command, versions, machine, load) and the records."""
     return {
         "meta": {
             "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "repeats": args.repeats, "inner": args.inner, "warmup": args.warmup,
             "channels_last": args.channels_last, "wall_s": round(time.time() - started, 1),
@@ -392,22 +412,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd layers as a column")
+    parser.add_argument("--compile-layers", nargs="+", choices=list(layer_factories()), help="default: all layers")
+    parser.add_argument("--compile-dtypes", nargs="+", default=sorted(DTYPES), choices=sorted(DTYPES))
     parser.add_argument("--no-reference-ops", action="store_true", help="skip the fused-kernels-off column")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "tools" / "results" / "benchmark"), help="output path stem")
     return parser.parse_args(argv)
 
 
+def write(result_: dict, stem: Path) -> None:
+    """``stem.json`` and ``stem.md``, each written to a temporary file and renamed (atomic)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(result_, indent=1)), (".md", markdown(result_))):
+        tmp = stem.with_suffix(suffix + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(stem.with_suffix(suffix))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    result = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(result, indent=1)), (".md", markdown(result))):
-        tmp = out.with_suffix(suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out.with_suffix(suffix))
-    print(markdown(result))
+    stem = Path(args.out)
+    final = run(args, save=lambda partial: write(partial, stem))
+    write(final, stem)
+    print(markdown(final))
 
 
 if __name__ == "__main__":
