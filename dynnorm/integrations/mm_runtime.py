@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping, MutableSequence
 
 import torch
+import torch.distributed as dist
 
 _PATH_KEYS = ("data_root", "ann_file")
 
@@ -40,14 +41,19 @@ def replace_data_root(cfg, data_root: str) -> int:
 
 
 def adapt_distributed_to_cpu(cfg) -> bool:
-    """Make ``--launcher pytorch`` work without CUDA: the gloo backend and DDP without ``device_ids``.
+    """Make ``--launcher pytorch`` (torchrun) work without CUDA: gloo process group and DDP without ``device_ids``.
 
-    mmdet/mmseg runtimes ask for NCCL, and mmengine passes ``device_ids=[LOCAL_RANK]`` to DDP, which CPU
-    modules reject. Does nothing (returns False) when CUDA is available or the run is not distributed.
+    mmengine's pytorch launcher calls ``torch.cuda.set_device`` and the mmdet/mmseg runtimes ask for NCCL, while
+    mmengine passes ``device_ids=[LOCAL_RANK]`` to DDP, which CPU modules reject. So, on a machine without CUDA,
+    this initializes the default process group with gloo from torchrun's environment (the Runner then skips its
+    own initialization) and configures the DDP wrapper for CPU modules. Does nothing (returns False) with CUDA,
+    with another launcher or when not distributed.
     """
-    if cfg.get("launcher", "none") == "none" or torch.cuda.is_available():
+    if cfg.get("launcher", "none") != "pytorch" or torch.cuda.is_available():
         return False
     cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
     wrapper = cfg.get("model_wrapper_cfg") or {"type": "MMDistributedDataParallel"}
     wrapper.setdefault("broadcast_buffers", False)
     wrapper.setdefault("find_unused_parameters", cfg.get("find_unused_parameters", False))
