@@ -1,0 +1,144 @@
+"""Small-scale counterpart of the SN paper's COCO table: Mask R-CNN on the synthetic shapes dataset, BN vs GN vs SN.
+
+    python tools/benchmark_detection.py [--norms bn gn sn] [--iters 1000] [--seed 0] [--threads N]
+                                        [--work-dir work_dirs/benchmark_detection] [--out tools/results/detection_benchmark]
+
+Trains ``configs/mmdet/mask-rcnn_r18-w16_fpn_<norm>-all_1xb2-1k_shapes.py`` for every norm, one after the other, with
+the same schedule, seed and data (2 images per batch, norm layers in backbone, FPN and both heads, from scratch),
+each in its own ``tools/train.py`` process, and writes ``<out>.json`` and ``<out>.md`` with COCO bbox/segm mAP of the
+validation split, seconds per training iteration (mean over the logged windows after the first) and peak memory
+(the process's peak resident set size; on CUDA also mmengine's peak allocated memory).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG = "configs/mmdet/mask-rcnn_r18-w16_fpn_{norm}-all_1xb2-1k_shapes.py"
+LOG_INTERVAL = 50
+METRICS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP", "segm_mAP_50", "segm_mAP_75")
+LABELS = {"bn": "BN", "gn": "GN", "sn": "SN"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--norms", nargs="+", default=["bn", "gn", "sn"], choices=sorted(LABELS))
+    parser.add_argument("--iters", type=int, default=1000, help="training iterations (LR steps at 75%% and 90%%)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the training processes (default: inherited)")
+    parser.add_argument("--work-dir", default="work_dirs/benchmark_detection")
+    parser.add_argument("--out", default="tools/results/detection_benchmark", help="output path without suffix")
+    return parser.parse_args(argv)
+
+
+def schedule_options(iters: int, seed: int) -> list[str]:
+    """``--cfg-options`` giving every run the same schedule: warm-up, LR steps at 75% and 90%, validation at the end."""
+    return [f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
+            f"param_scheduler.0.end={min(200, iters // 5)}",
+            f"param_scheduler.1.milestones=[{int(iters * 0.75)},{int(iters * 0.9)}]", f"param_scheduler.1.end={iters}",
+            f"default_hooks.checkpoint.interval={iters}", f"default_hooks.logger.interval={LOG_INTERVAL}",
+            f"log_processor.window_size={LOG_INTERVAL}", f"randomness.seed={seed}"]
+
+
+def train(norm: str, args: argparse.Namespace) -> dict:
+    """Run tools/train.py for one norm; return its metrics, speed and memory."""
+    work_dir = Path(args.work_dir) / norm
+    command = [sys.executable, "tools/train.py", CONFIG.format(norm=norm), "--work-dir", str(work_dir),
+               "--cfg-options", *schedule_options(args.iters, args.seed)]
+    env = dict(os.environ)
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now()
+    with (work_dir / "benchmark.log").open("w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed; see {work_dir / 'benchmark.log'}")
+    wall = (datetime.datetime.now() - started).total_seconds()
+    scalars = read_scalars(work_dir)
+    train_logs = [s for s in scalars if "loss" in s]
+    validation = next(s for s in reversed(scalars) if "coco/bbox_mAP" in s)
+    times = [s["time"] for s in train_logs[1:]] or [s["time"] for s in train_logs]
+    memory = [s["memory"] for s in train_logs if "memory" in s]
+    return {
+        "norm": LABELS[norm], "config": CONFIG.format(norm=norm),
+        **{metric: validation.get(f"coco/{metric}") for metric in METRICS},
+        "sec_per_iter": round(sum(times) / len(times), 4),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        "peak_cuda_mib": max(memory) if memory else None,
+        "final_loss": round(train_logs[-1]["loss"], 4), "wall_seconds": round(wall, 1),
+    }
+
+
+def read_scalars(work_dir: Path) -> list[dict]:
+    runs = sorted(p for p in work_dir.iterdir() if p.is_dir() and re.fullmatch(r"\d{8}_\d{6}", p.name))
+    return [json.loads(line) for line in (runs[-1] / "vis_data" / "scalars.json").read_text().splitlines()]
+
+
+def environment(args: argparse.Namespace) -> dict:
+    import mmdet
+    import mmengine
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {
+        "date": datetime.date.today().isoformat(), "python": platform.python_version(), "torch": torch.__version__,
+        "mmengine": mmengine.__version__, "mmdet": mmdet.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu} ({os.cpu_count()} cores)",
+        "threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "default",
+        "iters": args.iters, "images_per_batch": 2, "seed": args.seed,
+        "command": "python tools/benchmark_detection.py " + " ".join(sys.argv[1:]),
+    }
+
+
+def markdown(results: list[dict], env: dict) -> str:
+    lines = [
+        f"Mask R-CNN (ResNet-18 at width 16, FPN, 4conv1fc box head, mask head; norm layers everywhere), trained from "
+        f"scratch for {env['iters']} iterations at {env['images_per_batch']} images per batch on the synthetic shapes "
+        f"dataset (128x128), seed {env['seed']}; COCO mAP on its 100 validation images. {env['device']}, "
+        f"threads: {env['threads']}; torch {env['torch']}, mmdet {env['mmdet']}.",
+        "",
+        "| norm | bbox mAP | bbox AP50 | bbox AP75 | segm mAP | segm AP50 | segm AP75 | s/iter | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['norm']} | {r['bbox_mAP']:.3f} | {r['bbox_mAP_50']:.3f} | {r['bbox_mAP_75']:.3f} | "
+                     f"{r['segm_mAP']:.3f} | {r['segm_mAP_50']:.3f} | {r['segm_mAP_75']:.3f} | "
+                     f"{r['sec_per_iter']:.3f} | {r['peak_rss_mib']:.0f} |")
+    lines += ["", f"Command: `{env['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    results = []
+    for norm in args.norms:
+        print(f"[benchmark] training {LABELS[norm]} ...", flush=True)
+        results.append(train(norm, args))
+        print(f"[benchmark] {json.dumps(results[-1])}", flush=True)
+    env = environment(args)
+    out = Path(args.out)
+    write_atomically(out.with_suffix(".json"), json.dumps({"environment": env, "results": results}, indent=2) + "\n")
+    write_atomically(out.with_suffix(".md"), markdown(results, env))
+    print(markdown(results, env))
+
+
+if __name__ == "__main__":
+    main()
