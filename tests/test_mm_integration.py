@@ -131,6 +131,26 @@ def test_imagenet_bn_resnet_checkpoint_loads_into_the_sn_resnet_except_the_mixtu
     assert torch.equal(fresh.layer1[0].bn1.mean_weight, torch.ones(3))
 
 
+def test_runner_style_checkpoints_load_through_mmengine_under_weights_only_torch(tmp_path):
+    from collections import Counter
+
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+
+    history = HistoryBuffer()
+    history.update(np.float64(0.5))
+    path = tmp_path / "iter_2.pth"
+    torch.save({"meta": {"iter": 2, "seed": np.int64(0)}, "state_dict": {"w": torch.ones(2)},
+                "message_hub": {"log_scalars": {"train/loss": history}},
+                "param_schedulers": [{"milestones": Counter([3])}]}, path)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path)  # torch >= 2.6 default
+    for checkpoint in (CheckpointLoader.load_checkpoint(str(path)), _load_checkpoint(str(path), map_location="cpu")):
+        assert checkpoint["meta"]["iter"] == 2
+        assert checkpoint["message_hub"]["log_scalars"]["train/loss"].current() == 0.5
+
+
 # -- BatchNorm special cases -------------------------------------------------------------------------
 
 

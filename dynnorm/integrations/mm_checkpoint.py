@@ -6,51 +6,26 @@ the argument. A Runner checkpoint is a full pickle: next to the tensors it holds
 schedulers' ``Counter``. The weights-only unpickler rejects them, so ``--resume`` and ``load_from`` fail with
 ``UnpicklingError: Weights only load failed``. Allow-listing ``getattr`` as a "safe global" would defeat the
 point of weights-only loading, so the local-file loader is replaced instead by one that passes
-``weights_only=False``, which is what mmengine itself does from 0.11 on. Only load checkpoints you trust:
-a pickle can run code (the same holds for every checkpoint loaded by mmengine >= 0.11).
+``weights_only=False``: what mmengine 0.10 did under torch < 2.6, and what mmengine does again from 0.11 on.
+Only load checkpoints you trust: a pickle can run code.
 """
 from __future__ import annotations
 
-import inspect
 import os
 
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
 
-def load_trusted_local_checkpoint(filename: str, map_location=None) -> dict:
-    """mmengine's local-file loader, with ``weights_only=False`` (the file is a full pickle)."""
+def load_from_local_trusted(filename: str, map_location=None) -> dict:
+    """mmengine's local-file loader with ``weights_only=False`` (the name gives mmengine's log "local_trusted")."""
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"{filename} can not be found.")
     return torch.load(filename, map_location=map_location, weights_only=False)
 
 
-def _torch_defaults_to_weights_only() -> bool:
-    parameter = inspect.signature(torch.load).parameters.get("weights_only")
-    if parameter is None:
-        return False
-    if parameter.default is None:  # torch >= 2.6 resolves None to True unless the environment says otherwise
-        return os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0") in ("0", "")
-    return bool(parameter.default)
-
-
-def _mmengine_loader_passes_weights_only() -> bool:
-    from mmengine.runner.checkpoint import load_from_local
-
-    return "weights_only" in inspect.getsource(load_from_local)
-
-
-def register_checkpoint_loader() -> bool:
-    """Register :func:`load_trusted_local_checkpoint` for local paths (the ``''`` scheme) when needed.
-
-    Needed when torch loads weights-only by default and mmengine's own local loader does not say otherwise.
-    Idempotent. Returns whether the dynnorm loader is the local loader afterwards.
-    """
-    current = CheckpointLoader._get_checkpoint_loader("")
-    if current is load_trusted_local_checkpoint:
-        return True
-    if not _torch_defaults_to_weights_only() or _mmengine_loader_passes_weights_only():
-        return False
-    CheckpointLoader.register_scheme(prefixes="", loader=load_trusted_local_checkpoint, force=True)
-    return True
+def register_checkpoint_loader() -> None:
+    """Make :func:`load_from_local_trusted` mmengine's loader for local paths (the ``''`` scheme). Idempotent."""
+    if CheckpointLoader._get_checkpoint_loader("") is not load_from_local_trusted:
+        CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_trusted, force=True)

@@ -157,8 +157,8 @@ class ImportanceRatioHook(Hook):
         runner.visualizer.add_scalars({k: sum(v) / len(v) for k, v in averages.items()}, step=iteration)
 
     def before_train(self, runner) -> None:
-        # After a resume the loaded history ends at the checkpoint; after load_from it belongs to another run.
-        self.history = [entry for entry in self.history if entry["iter"] <= runner.iter]
+        # After a resume the loaded history runs up to the checkpoint; after load_from it belongs to another run.
+        self.history = [entry for entry in self.history if entry["iter"] < runner.iter]
         self._record(runner, runner.iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
