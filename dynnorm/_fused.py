@@ -16,8 +16,8 @@ ordinary autograd:
 On CUDA, when Triton is installed, :mod:`dynnorm._triton` replaces the moments (one read instead of
 two) and the in-place gradient accumulation (one pass instead of two). Both save only the input (one storage shared by the two) plus ``(N, C)`` statistics. The passes run on
 ATen's BatchNorm kernels applied to the input viewed as ``(1, N * C, L)``, a "batch" of one sample whose
-channels are the (n, c) pairs: ``native_batch_norm_backward`` in evaluation mode with ``running_mean = 0``,
-``running_var = 1`` and ``eps = 0`` computes exactly ``sum(dy)`` and ``sum(dy * x)`` per channel, and
+channels are the (n, c) pairs: ``native_batch_norm_backward`` given ``mean = 0`` and ``invstd = 1``
+computes exactly ``sum(dy)`` and ``sum(dy * x)`` per channel (as ``grad_bias``/``grad_weight``), and
 evaluation-mode ``batch_norm`` computes ``x * weight + bias``. These kernels are vectorized, parallel over
 channels, accumulate bf16/fp16 inputs in float32 and exist on CPU and CUDA. Channels-last inputs use one
 kernel call per sample for the sums and a broadcast ``addcmul`` for the normalize. The forward moments use
@@ -110,16 +110,16 @@ def _rows(x: Tensor) -> Tensor:
 def _row_sums(dy: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``(sum(dy), sum(dy * x))`` per (n, c), each ``(N, C)`` in ``dtype`` (float32 or float64).
 
-    One pass over ``dy`` and ``x`` (same shape and layout), by ``native_batch_norm_backward`` in
-    evaluation mode with ``running_mean = 0``, ``running_var = 1``, ``eps = 0``: its ``grad_bias`` and
-    ``grad_weight`` are then exactly these sums.
+    One pass over ``dy`` and ``x`` (same shape and layout), by ``native_batch_norm_backward`` given the
+    saved statistics ``mean = 0``, ``invstd = 1``: its ``grad_bias`` and ``grad_weight`` are then exactly
+    these sums (the input gradient, whose formula would assume batch statistics, is not requested).
     """
     n, c = x.shape[0], x.shape[1]
     if x.is_contiguous():
         zeros = torch.zeros(n * c, dtype=dtype, device=x.device)
         ones = torch.ones(n * c, dtype=dtype, device=x.device)
         _, weighted, plain = _aten.native_batch_norm_backward(
-            _rows(dy), _rows(x), None, zeros, ones, None, None, False, 0.0, [False, True, True]
+            _rows(dy), _rows(x), ones, zeros, ones, zeros, ones, True, 0.0, [False, True, True]
         )
         return plain.view(n, c), weighted.view(n, c)
     # Channels last: each sample is a channels-last (1, C, *) tensor, which the kernel handles natively.
@@ -128,7 +128,7 @@ def _row_sums(dy: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor
     plains, weighteds = [], []
     for i in range(n):
         _, weighted, plain = _aten.native_batch_norm_backward(
-            dy[i : i + 1], x[i : i + 1], None, zeros, ones, None, None, False, 0.0, [False, True, True]
+            dy[i : i + 1], x[i : i + 1], ones, zeros, ones, zeros, ones, True, 0.0, [False, True, True]
         )
         plains.append(plain)
         weighteds.append(weighted)

@@ -118,7 +118,7 @@ def _train_step(layer: nn.Module, x: torch.Tensor, fast: bool):
     x = x.detach().clone().requires_grad_()
     with F.fast_path(fast):
         out = layer(x)
-    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)).sum()
     names = [n for n, p in layer.named_parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, [x, *(dict(layer.named_parameters())[n] for n in names)], allow_unused=True)
     return out, dict(zip(["input", *names], grads))

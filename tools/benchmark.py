@@ -208,7 +208,8 @@ def peak_memory_bytes(layer: nn.Module, x: Tensor, grad: Tensor) -> int | None:
 
 
 def build_layers(
-    names: list[str], channels: int, device: torch.device, compile_layers: list[str], reference_ops: bool
+    names: list[str], channels: int, device: torch.device, dtype: torch.dtype, compile_layers: list[str],
+    reference_ops: bool,
 ) -> dict[tuple[str, str], nn.Module]:
     """``{(name, implementation): layer}``; implementations ``fast``, ``reference ops``, ``compiled``."""
     factories = layer_factories()
@@ -216,6 +217,8 @@ def build_layers(
     for name in names:
         torch.manual_seed(0)
         layers[(name, "fast")] = factories[name](channels).to(device)
+        if name == "GN" and dtype != torch.float32:  # GroupNorm has no mixed-dtype kernel on CUDA
+            layers[(name, "fast")].to(dtype)
         if reference_ops and name in REFERENCE_OPS_OF:
             torch.manual_seed(0)
             layers[(name, "reference ops")] = WithoutFastPath(factories[name](channels).to(device))
@@ -267,7 +270,7 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] | None = None) ->
             x.requires_grad_()
             grad = torch.randn_like(x)
             compile_layers = (args.compile_layers or names) if args.compile and dtype_name in args.compile_dtypes else []
-            layers = build_layers(names, channels, device, compile_layers, not args.no_reference_ops)
+            layers = build_layers(names, channels, device, dtype, compile_layers, not args.no_reference_ops)
             input_bytes = x.nbytes
             memory = {}
             for (name, impl), layer in layers.items():
