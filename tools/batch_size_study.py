@@ -160,8 +160,10 @@ def majority_baseline(settings: Settings) -> float:
 
 def markdown_table(runs: list[dict], norms: list[str], batch_sizes: list[int]) -> str:
     accuracy = {(r["norm"], r["batch_size"]): r["val_acc1"] for r in runs}
+    steps = {r["batch_size"]: r["steps"] for r in runs}
     lines = ["| normalizer | " + " | ".join(f"bs {b}" for b in batch_sizes) + " |",
-             "|---|" + "---:|" * len(batch_sizes)]
+             "|---|" + "---:|" * len(batch_sizes),
+             "| *optimizer steps* | " + " | ".join(f"*{steps[b]}*" for b in batch_sizes) + " |"]
     for norm in norms:
         best = max(accuracy[norm, b] for b in batch_sizes)
         cells = [f"**{100 * accuracy[norm, b]:.1f}**" if accuracy[norm, b] == best else f"{100 * accuracy[norm, b]:.1f}"
@@ -209,7 +211,6 @@ def main(argv: list[str] | None = None) -> None:
     if min(args.batch_sizes) < 2:
         parser.error("batch sizes must be at least 2 (batch statistics need two values per channel)")
 
-    start = time.perf_counter()
     runs = run_study(args.norms, args.batch_sizes, settings, args.workers, args.threads, Path(args.cache))
     baseline = majority_baseline(settings)
     out = Path(args.out)
@@ -220,11 +221,13 @@ def main(argv: list[str] | None = None) -> None:
              f"lr {settings.base_lr} x batch / {settings.base_batch_size}, SGD + cosine")
     table = markdown_table(runs, args.norms, args.batch_sizes)
     summary = {"command": command, "settings": asdict(settings) | {"data_root": os.path.relpath(settings.data_root, ROOT)},
-               "majority_baseline": baseline, "wall_seconds": round(time.perf_counter() - start, 1), "runs": runs}
+               "majority_baseline": baseline, "workers": args.workers, "threads": args.threads,
+               "run_seconds_total": round(sum(r["seconds"] for r in runs), 1), "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     out.with_suffix(".md").write_text(
         f"Validation top-1 accuracy (%) after {settings.epochs} epochs; majority class {100 * baseline:.1f}%, "
-        f"chance 33.3%.\n{title.replace(chr(10), ' ')}.\n\n{table}\n\n`{command}`\n")
+        f"chance 33.3%.\n{title.replace(chr(10), ' ')}.\n\n{table}\n\n`{command}` ({len(runs)} runs, "
+        f"{summary['run_seconds_total'] / 60:.0f} min of run time in {args.workers} processes of {args.threads} thread(s))\n")
     plot(runs, args.norms, args.batch_sizes, baseline, title, out.with_suffix(".png"))
     print(table)
     print(f"wrote {out}.json, .md, .png")

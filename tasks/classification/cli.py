@@ -26,6 +26,7 @@ def main(args: ArgsType = None, run: bool = True) -> ClassificationCLI:
         ClassificationDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
+        auto_configure_optimizers=False,  # the model's optimizer/lr_scheduler settings own the optimization
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
