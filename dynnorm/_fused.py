@@ -5,28 +5,32 @@ per-(n, c) mean and variance by a little math on ``(N, C)``/``(C,)`` tensors. On
 whole input, and only they get custom :class:`torch.autograd.Function` s here; the small math stays in
 ordinary autograd:
 
-- :func:`instance_moments`: ``sum(x)``, then the norm of the centered ``x - mean`` per (n, c) (two
-  passes and a temporary: a one-pass ``E[x^2] - E[x]^2`` would lose the variance to cancellation when
-  ``|mean| >> std``). Its backward is the analytic ``dx = (g_mean + 2 g_var (x - mean)) / L``, one affine
-  pass over ``x``.
-- :func:`scale_shift`: ``y = x * scale + shift`` in one pass. Its backward needs two per-(n, c) sums,
+- :func:`instance_moments` (``x -> mean, var, alias of x``): ``sum(x)``, then the sum of squares of
+  ``x - mean`` (two passes: a one-pass ``E[x^2] - E[x]^2`` would lose the variance to cancellation when
+  ``|mean| >> std``; on CPU the centered values are formed chunk by chunk in a small reused buffer, not
+  in an input-sized temporary). Its backward is the analytic ``dx = (g_mean + 2 g_var (x - mean)) / L``.
+- :func:`scale_shift` (``x, scale, shift -> y``): one pass. Its backward needs two per-(n, c) sums,
   ``sum(dy)`` and ``sum(dy * x)`` (the gradients of ``shift`` and ``scale``), computed in one pass, and
   ``dx = dy * scale``.
 
-On CUDA, when Triton is installed, :mod:`dynnorm._triton` replaces the moments (one read instead of
-two) and the in-place gradient accumulation (one pass instead of two). Both save only the input (one storage shared by the two) plus ``(N, C)`` statistics. The passes run on
-ATen's BatchNorm kernels applied to the input viewed as ``(1, N * C, L)``, a "batch" of one sample whose
-channels are the (n, c) pairs: ``native_batch_norm_backward`` given ``mean = 0`` and ``invstd = 1``
-computes exactly ``sum(dy)`` and ``sum(dy * x)`` per channel (as ``grad_bias``/``grad_weight``), and
-evaluation-mode ``batch_norm`` computes ``x * weight + bias``. These kernels are vectorized, parallel over
-channels, accumulate bf16/fp16 inputs in float32 and exist on CPU and CUDA. Channels-last inputs use one
-kernel call per sample for the sums and a broadcast ``addcmul`` for the normalize. The forward moments use
-``sum`` and ``vector_norm`` reductions instead.
+The layers normalize the alias returned with the moments, so the normalize's ``dx`` reaches the moments'
+backward as the alias's gradient and the moments' term is added to it in place: backward allocates one
+input-sized tensor, as BatchNorm does. Autograd saves only the input (one storage shared by the two
+Functions) and ``(N, C)`` statistics.
+
+The passes run on ATen's BatchNorm kernels applied to the input viewed as ``(1, N * C, L)``, a "batch"
+of one sample whose channels are the (n, c) pairs: ``native_batch_norm_backward`` given ``mean = 0`` and
+``invstd = 1`` computes exactly ``sum(dy)`` and ``sum(dy * x)`` per channel (as ``grad_bias`` /
+``grad_weight``), and evaluation-mode ``batch_norm`` computes ``x * weight + bias``. These kernels are
+vectorized, parallel over channels, accumulate bf16/fp16 inputs in float32 and exist on CPU and CUDA.
+Channels-last inputs use one kernel call per sample for the sums and a broadcast ``addcmul`` for the
+normalize. On CUDA with Triton installed, :mod:`dynnorm._triton` computes the moments in one read and the
+in-place gradient accumulation in one pass.
 
 The straightforward implementation (:func:`dynnorm.functional.instance_moments_reference`,
-:func:`dynnorm.functional.scale_shift_reference`) stays as the oracle; :func:`dynnorm.functional` dispatches
-here when :func:`applies` is true, and :func:`set_fast_path` switches between the two (``DYNNORM_FAST_PATH=0`` in the
-environment starts with the reference). Double backward (``create_graph=True``) is supported: the
+:func:`dynnorm.functional.scale_shift_reference`) stays as the oracle: :mod:`dynnorm.functional`
+dispatches here when :func:`applies` is true, and :func:`set_fast_path` (or ``DYNNORM_FAST_PATH=0`` in the
+environment) switches to the reference. Double backward (``create_graph=True``) is supported: the
 backward formulas are then evaluated with differentiable PyTorch ops.
 """
 from __future__ import annotations
@@ -190,11 +194,13 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     view = (1, c) + (1,) * (x.dim() - 2)
     if chunked:
         buffer = torch.empty_like(x[:1], dtype=acc)
-        sums = [
-            _row_sums(*(torch.sub(x[i : i + 1], mean[i].view(view), out=buffer),) * 2, acc) for i in range(n)
-        ]
-        residual = torch.cat([s[0] for s in sums])
-        square_total = torch.cat([s[1] for s in sums])
+        residuals, square_totals = [], []
+        for i in range(n):
+            centered = torch.sub(x[i : i + 1], mean[i].view(view), out=buffer)
+            residual, square_total = _row_sums(centered, centered, acc)
+            residuals.append(residual)
+            square_totals.append(square_total)
+        residual, square_total = torch.cat(residuals), torch.cat(square_totals)
     else:
         centered = x - mean.view((n,) + view[1:])
         residual, square_total = _row_sums(centered, centered, acc)
@@ -231,6 +237,8 @@ class _InstanceMoments(torch.autograd.Function):
             return term if grad_alias is None else grad_alias + term
         if grad_alias is None:
             return _affine(x, a, b)
+        if not (grad_alias.is_contiguous() or _is_channels_last(grad_alias)):  # e.g. an expanded gradient
+            return grad_alias + _affine(x, a, b)
         # grad_alias is the normalize's fresh input gradient: accumulate into it.
         if _triton.available(grad_alias) and x.is_contiguous() and a.dtype == torch.float32:
             return _triton.accumulate_affine_(grad_alias, x, a, b)

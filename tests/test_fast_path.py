@@ -176,6 +176,16 @@ def test_input_used_elsewhere_too_gets_the_sum_of_all_gradients():
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-10, atol=1e-10)
 
 
+def test_alias_used_directly_gets_an_expanded_gradient_right():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for fast in (True, False):
+        with F.fast_path(fast):
+            mean, var, alias = F.normalization_moments(x)
+        grads[fast] = torch.autograd.grad(alias.sum() + var.sum() + mean.sum(), x)[0]  # alias's grad: stride 0
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-10, atol=1e-10)
+
+
 class _LargeAllocations(TorchDispatchMode):
     """Counts op outputs with their own storage at least as large as ``size`` bytes."""
 
