@@ -108,6 +108,9 @@ def test_norm_weight_decay_groups():
     everything = ImageClassifier(norm="SN", num_classes=3, backbone_options={"depth": 8},
                                  optimizer=functools.partial(torch.optim.AdamW, lr=1e-3)).configure_optimizers()
     assert len(everything.param_groups) == 1 and everything.param_groups[0]["weight_decay"] == 5e-4
+    with pytest.warns(UserWarning, match="weight_decay=0.1 is overridden"):
+        ImageClassifier(num_classes=3, backbone_options={"depth": 8},
+                        optimizer=functools.partial(torch.optim.SGD, lr=0.1, weight_decay=0.1)).configure_optimizers()
 
 
 def test_top5_accuracy_only_with_more_than_five_classes():

@@ -44,6 +44,11 @@ def write_fake_cifar(root: Path, variant: str, per_file: int = 8) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])  # the CLI gets its arguments from args=
+
+
 @pytest.fixture(scope="module")
 def data_roots(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()

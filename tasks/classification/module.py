@@ -1,6 +1,7 @@
 """The image classifier: any backbone of :mod:`.backbones` with any normalization layer, trained by Lightning."""
 from __future__ import annotations
 
+import inspect
 from typing import Literal, Optional
 
 import torch
@@ -116,9 +117,10 @@ class ImageClassifier(LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameter_groups())
-        default_decay = optimizer.defaults.get("weight_decay", 0.0)
-        if default_decay not in (0.0, self.hparams.weight_decay):
-            rank_zero_warn(f"the optimizer's weight_decay={default_decay} is overridden by the model's "
+        requested = optimizer.defaults.get("weight_decay")
+        class_default = inspect.signature(type(optimizer)).parameters.get("weight_decay")
+        if requested not in (None, self.hparams.weight_decay) and (class_default is None or requested != class_default.default):
+            rank_zero_warn(f"the optimizer's weight_decay={requested} is overridden by the model's "
                            f"weight_decay={self.hparams.weight_decay} (set it on the model)")
         if self.lr_scheduler is None:
             return optimizer
