@@ -20,20 +20,25 @@ class _DynamicAffineNorm(DynNormBase):
 
     .. math::
         \hat x = \frac{x - \mu_{BN}}{\sqrt{\sigma^2_{BN} + \epsilon}}, \quad
-        [\Delta\gamma, \Delta\beta] = W_2\,\mathrm{ReLU}(W_1 s + b_1) + b_2, \quad
+        [\Delta\gamma, \Delta\beta] = \tanh\big(W_2\,\mathrm{ReLU}(W_1 s + b_1) + b_2\big), \quad
         y = (\gamma + \Delta\gamma) \odot \hat x + (\beta + \Delta\beta)
 
-    ``s`` is the statistics vector ``[mu; sigma]`` (``2C``): per sample (DN-B, :class:`DynamicNormB2d`) or
-    of the batch (DN-C, :class:`DynamicNormC2d`). ``W_1: 2C -> max(C // reduction, 4)``,
-    ``W_2: -> 2C``; ``W_2`` and ``b_2`` start at zero, so a new layer (and a BN network converted with
-    :func:`dynnorm.convert`) is exactly BatchNorm. The SC parameters are plain tensors (``sc_*``), not
+    ``s`` is a statistics vector (``2C``): per sample for DN-B (:class:`DynamicNormB2d`: the mean and
+    standard deviation of that sample's standardized map ``x_hat``, i.e. ``(mu_n - mu_BN) / sigma_BN`` and
+    ``sigma_n / sigma_BN``, which do not depend on the input's scale), of the batch for DN-C
+    (:class:`DynamicNormC2d`: ``[mu_BN; sigma_BN]``, the running statistics in evaluation).
+    ``W_1: 2C -> max(C // reduction, 4)``, ``W_2: -> 2C``; ``W_2`` and ``b_2`` start at zero, so a new
+    layer (and a BN network converted with :func:`dynnorm.convert`) is exactly BatchNorm. The generated
+    changes are bounded to (-1, 1) by the tanh. The SC parameters are plain tensors (``sc_*``), not
     submodules, so init code that zero-fills submodules' ``weight`` leaves them alone.
 
     Confirmed from the paper (abstract): BN standardization; scale and shift generated from data
-    statistics by an "SC module", per sample and channel for DN-B, shared by the batch for DN-C; small
-    extra cost (+0.6% Mult-Adds on MobileNetV2). **Interpretation:** the SC module's form (two layers,
-    ReLU, unbounded additive outputs), its input (mean and standard deviation of the raw input) and the
-    zero initialisation.
+    statistics by an "SC module", per sample and channel for DN-B, shared by the batch for DN-C (whose
+    batch statistics are ``E[X]``, ``Std[X]``); small extra cost (+0.6% Mult-Adds on MobileNetV2).
+    **Interpretation:** the SC module's form (two layers, ReLU, tanh-bounded additive outputs), DN-B's
+    scale-invariant per-sample input and the zero initialisation. (Feeding DN-B the raw per-sample
+    statistics made the generated affine grow without bound in deep networks, so its input is taken
+    relative to the batch statistics.)
 
     Args:
         num_features, eps, momentum, affine, track_running_stats, sync_batch_stats, process_group:
@@ -82,16 +87,16 @@ class _DynamicAffineNorm(DynNormBase):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", reduction={self.reduction}"
 
-    def generate_affine(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-        """``(delta_gamma, delta_beta)``, each ``(M, C)``, from ``(M, C)`` statistics."""
-        acc = mean.dtype
-        with F.autocast_disabled(mean):
-            stats = torch.cat([mean, torch.sqrt(var + self.eps)], dim=1)
+    def generate_affine(self, stats: Tensor) -> tuple[Tensor, Tensor]:
+        """``(delta_gamma, delta_beta)``, each ``(M, C)`` in (-1, 1), from the ``(M, 2C)`` statistics vector."""
+        acc = stats.dtype
+        with F.autocast_disabled(stats):
             hidden = torch.relu(stats @ self.sc_w1.to(acc).t() + self.sc_b1.to(acc))
-            delta = hidden @ self.sc_w2.to(acc).t() + self.sc_b2.to(acc)
+            delta = torch.tanh(hidden @ self.sc_w2.to(acc).t() + self.sc_b2.to(acc))
         return delta[:, : self.num_features], delta[:, self.num_features :]
 
-    def _sc_input(self, mean_in: Tensor, var_in: Tensor, mean_bn: Tensor, var_bn: Tensor) -> tuple[Tensor, Tensor]:
+    def sc_input(self, mean_in: Tensor, var_in: Tensor, mean_bn: Tensor, var_bn: Tensor) -> Tensor:
+        """The SC module's ``(M, 2C)`` input from ``(N, C)`` instance and ``(1, C)`` batch statistics."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,7 +105,7 @@ class _DynamicAffineNorm(DynNormBase):
             return self._empty_output(x)
         mean_in, var_in, x = F.normalization_moments(x)
         mean_bn, var_bn = self._batch_statistics(x, mean_in, var_in)
-        delta_gamma, delta_beta = self.generate_affine(*self._sc_input(mean_in, var_in, mean_bn, var_bn))
+        delta_gamma, delta_beta = self.generate_affine(self.sc_input(mean_in, var_in, mean_bn, var_bn))
         gamma = delta_gamma + (1.0 if self.weight is None else self.weight.to(delta_gamma.dtype))
         beta = delta_beta + (0.0 if self.bias is None else self.bias.to(delta_beta.dtype))
         scale = gamma * torch.rsqrt(var_bn + self.eps)
@@ -111,11 +116,12 @@ class _DynamicAffineNorm(DynNormBase):
 class DynamicNormB2d(_DynamicAffineNorm):
     __doc__ = (
         "DN-B: BatchNorm with a scale and shift generated per sample and channel from that sample's "
-        "statistics ``[mu_IN(n); sigma_IN(n)]``.\n" + _DynamicAffineNorm.__doc__
+        "statistics relative to the batch.\n" + _DynamicAffineNorm.__doc__
     )
 
-    def _sc_input(self, mean_in: Tensor, var_in: Tensor, mean_bn: Tensor, var_bn: Tensor) -> tuple[Tensor, Tensor]:
-        return mean_in, var_in
+    def sc_input(self, mean_in: Tensor, var_in: Tensor, mean_bn: Tensor, var_bn: Tensor) -> Tensor:
+        batch_var = var_bn + self.eps
+        return torch.cat([(mean_in - mean_bn) * torch.rsqrt(batch_var), torch.sqrt((var_in + self.eps) / batch_var)], 1)
 
 
 class DynamicNormC2d(_DynamicAffineNorm):
@@ -124,8 +130,8 @@ class DynamicNormC2d(_DynamicAffineNorm):
         "``[mu_BN; sigma_BN]`` (the running statistics in evaluation).\n" + _DynamicAffineNorm.__doc__
     )
 
-    def _sc_input(self, mean_in: Tensor, var_in: Tensor, mean_bn: Tensor, var_bn: Tensor) -> tuple[Tensor, Tensor]:
-        return mean_bn, var_bn
+    def sc_input(self, mean_in: Tensor, var_in: Tensor, mean_bn: Tensor, var_bn: Tensor) -> Tensor:
+        return torch.cat([mean_bn, torch.sqrt(var_bn + self.eps)], 1)
 
 
 class SyncDynamicNormB2d(DynamicNormB2d):

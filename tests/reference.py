@@ -87,18 +87,20 @@ def dynamic_norm(x, weight, bias, factors, mean_gates, var_gates, mean_batch, va
 
 
 def dynamic_affine_norm(x, weight, bias, w1, b1, w2, b2, eps, per_sample: bool, running_mean=None, running_var=None):
-    """DN-B (per_sample) / DN-C: BN standardization, scale and shift generated from [mu; sigma]."""
+    """DN-B (per_sample: from each sample's standardized mean/std) / DN-C (from the batch [mu; sigma]):
+    BN standardization with a tanh-bounded generated scale and shift."""
     n, c = x.shape[:2]
     mean_bn, var_bn = batch_stats(x, running_mean, running_var)
-    if per_sample:
-        m, v = _stats(x, (2, 3))
-        stats = torch.cat([m.view(n, c), torch.sqrt(v.view(n, c) + eps)], 1)
+    standardized = (x - mean_bn) / torch.sqrt(var_bn + eps)
+    if per_sample:  # mean and std of each sample's standardized map
+        m = standardized.mean((2, 3))
+        s = torch.sqrt(x.var((2, 3), unbiased=False) / (var_bn.view(1, c) + eps) + eps / (var_bn.view(1, c) + eps))
+        stats = torch.cat([m, s], 1)
     else:
         stats = torch.cat([mean_bn.view(1, c), torch.sqrt(var_bn.view(1, c) + eps)], 1)
-    delta = torch.relu(stats @ w1.T + b1) @ w2.T + b2
+    delta = torch.tanh(torch.relu(stats @ w1.T + b1) @ w2.T + b2)
     gamma = weight.view(1, c) + delta[:, :c]
     beta = bias.view(1, c) + delta[:, c:]
-    standardized = (x - mean_bn) / torch.sqrt(var_bn + eps)
     return gamma.view(-1, c, 1, 1) * standardized + beta.view(-1, c, 1, 1)
 
 

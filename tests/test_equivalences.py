@@ -146,10 +146,16 @@ def test_dn_b_scale_is_per_sample_and_dn_c_per_batch():
     x = _x()
     for cls, per_sample in ((dynnorm.DynamicNormB2d, True), (dynnorm.DynamicNormC2d, False)):
         layer = randomize(cls(8, dtype=torch.float64))
-        delta_gamma, _ = layer.generate_affine(*(
-            dynnorm.functional.instance_moments(x) if per_sample else
-            dynnorm.functional.pooled_moments(*dynnorm.functional.instance_moments(x), dim=0)))
+        mean_in, var_in = dynnorm.functional.instance_moments(x)
+        stats = layer.sc_input(mean_in, var_in, *dynnorm.functional.pooled_moments(mean_in, var_in, dim=0))
+        delta_gamma, delta_beta = layer.generate_affine(stats)
         assert delta_gamma.shape == ((4, 8) if per_sample else (1, 8))
+        assert delta_gamma.abs().max() < 1 and delta_beta.abs().max() < 1
+        # DN-B's input does not depend on the input's scale
+        if per_sample:
+            mean_in, var_in = dynnorm.functional.instance_moments(1000 * x)
+            scaled = layer.sc_input(mean_in, var_in, *dynnorm.functional.pooled_moments(mean_in, var_in, dim=0))
+            torch.testing.assert_close(scaled, stats, rtol=1e-6, atol=1e-6)
 
 
 def test_associate_norm_without_decoders_is_group_norm():
