@@ -197,14 +197,14 @@ def peak_memory_bytes(layer: nn.Module, x: Tensor, grad: Tensor) -> int | None:
     except ImportError:
         return None
     tracker = MemTracker()
-    tracker.track_external(layer)
     leaf = x.detach().requires_grad_()
+    tracker.track_external(layer, leaf, grad)  # known before: not counted as allocated by the layer
     with tracker:
         out = layer(leaf)
         out.backward(grad)
         del out
     snapshot = tracker.get_tracker_snapshot("peak")
-    return int(snapshot[x.device]["Total"]) - leaf.nbytes  # the input's gradient buffer is not the layer's
+    return int(snapshot[x.device]["Total"]) - leaf.nbytes - grad.nbytes
 
 
 def build_layers(
