@@ -10,6 +10,7 @@ from .convert import convert, convert_original_switchnorm_state_dict, is_dynnorm
 from .dynamic import DynamicNorm2d, SyncDynamicNorm2d
 from .dynamic_affine import DynamicNormB2d, DynamicNormC2d, SyncDynamicNormB2d, SyncDynamicNormC2d
 from .exemplar import ExemplarNorm2d, SyncExemplarNorm2d
+from .functional import fast_path, fast_path_enabled, set_fast_path
 from .optim import param_groups
 from .ratios import importance_ratios
 from .registry import SHORT_NAMES, create_norm, get_norm_layer, list_norms
@@ -30,7 +31,7 @@ __all__ = [
     "AssociateNorm2d", "DynamicNorm2d", "DynamicNormB2d", "DynamicNormC2d", "ExemplarNorm2d",
     "SparseSwitchNorm1d", "SparseSwitchNorm2d", "SparseSwitchNorm3d", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d",
     "SyncDynamicNorm2d", "SyncDynamicNormB2d", "SyncDynamicNormC2d", "SyncExemplarNorm2d", "SyncSparseSwitchNorm2d",
-    "SyncSwitchNorm2d", "SHORT_NAMES", "convert", "convert_original_switchnorm_state_dict", "create_norm",
-    "get_norm_layer", "importance_ratios", "is_dynnorm", "list_norms", "param_groups", "revert", "set_sparsestmax_radius", "sparsemax",
+    "SyncSwitchNorm2d", "SHORT_NAMES", "convert", "convert_original_switchnorm_state_dict", "create_norm", "fast_path", "fast_path_enabled",
+    "get_norm_layer", "importance_ratios", "is_dynnorm", "list_norms", "param_groups", "revert", "set_fast_path", "set_sparsestmax_radius", "sparsemax",
     "sparsestmax", "torch_equivalent",
 ]
