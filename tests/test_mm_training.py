@@ -19,6 +19,7 @@ pytest.importorskip("pycocotools")
 pytest.importorskip("matplotlib")
 
 import dynnorm.integrations.mmengine  # noqa: E402,F401
+from dynnorm.integrations.mm_runtime import replace_data_root  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
@@ -50,6 +51,7 @@ def untrained_metrics(config: Path, work_dir: Path, **overrides) -> dict:
     """The test metrics of the config's model with its initial (random) weights."""
     cfg = Config.fromfile(config)
     cfg.merge_from_dict(overrides)
+    replace_data_root(cfg, str(ROOT / cfg.data_root))  # the config's path is relative to the repository root
     cfg.work_dir = str(work_dir)
     cfg.launcher = "none"
     torch.manual_seed(0)
