@@ -43,7 +43,8 @@ def dynnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def test_every_layer_is_registered_in_the_root_registry_under_short_and_class_names():
     for name in [*dynnorm.SHORT_NAMES, "SwitchNorm2d", "SwitchNorm1d", "SparseSwitchNorm3d", "AssociateNorm2d"]:
         assert MODELS.module_dict[name] is dynnorm.get_norm_layer(name)
-    assert OPTIM_WRAPPER_CONSTRUCTORS.module_dict["DynNormOptimWrapperConstructor"] is dn_mm.DynNormOptimWrapperConstructor
+    constructor = OPTIM_WRAPPER_CONSTRUCTORS.module_dict["DynNormOptimWrapperConstructor"]
+    assert constructor is dn_mm.DynNormOptimWrapperConstructor
     for hook in ("DynNormEvalHook", "DynNormSyncHook", "ImportanceRatioHook"):
         assert hook in HOOKS.module_dict
 
@@ -316,7 +317,8 @@ def _check_one_training_step(model, data, optim_wrapper):
     assert sorted(changed) == sorted(set(before) - frozen)  # every trainable SN layer got gradients and moved
 
 
-@pytest.mark.parametrize("config", ["mask-rcnn_r50_fpn_sn-all_2x_coco.py", "ssdlite_mobilenetv2-scratch_sn_8xb2-600e_coco.py"])
+@pytest.mark.parametrize("config", ["mask-rcnn_r50_fpn_sn-all_2x_coco.py",
+                                    "ssdlite_mobilenetv2-scratch_sn_8xb2-600e_coco.py"])
 def test_one_detection_training_step_with_sn(config):
     from mmdet.testing import demo_mm_inputs
 

@@ -1,7 +1,7 @@
 """Small-scale counterpart of the SN paper's COCO table: Mask R-CNN on the synthetic shapes dataset, BN vs GN vs SN.
 
     python tools/benchmark_detection.py [--norms bn gn sn] [--iters 1000] [--seed 0] [--threads N]
-                                        [--work-dir work_dirs/benchmark_detection] [--out tools/results/detection_benchmark]
+        [--work-dir work_dirs/benchmark_detection] [--out tools/results/detection_benchmark]
 
 Trains ``configs/mmdet/mask-rcnn_r18-w16_fpn_<norm>-all_1xb2-1k_shapes.py`` for every norm, one after the other, with
 the same schedule, seed and data (2 images per batch, norm layers in backbone, FPN and both heads, from scratch),

@@ -1,6 +1,6 @@
 # Mask R-CNN R50-FPN with Switchable Normalization in the backbone, the FPN and both RoI heads (the "-all" layout of
 # the GN and SN papers: 4conv1fc box head), 2 images per GPU (8 GPUs = 16 images per step), 2x schedule, COCO.
-#   bash: torchrun --nproc_per_node=8 tools/train.py configs/mmdet/mask-rcnn_r50_fpn_sn-all_2x_coco.py --launcher pytorch
+#   torchrun --nproc_per_node=8 tools/train.py configs/mmdet/mask-rcnn_r50_fpn_sn-all_2x_coco.py --launcher pytorch
 # Only `data_root` needs changing for another COCO location (or pass --data-root to tools/train.py).
 # The backbone starts from torchvision's ImageNet BN ResNet-50: SN layers are named bn1, bn2, ... so its weights,
 # biases and running statistics load; only the mixture logits (mean_weight, var_weight) start fresh (uniform). For a

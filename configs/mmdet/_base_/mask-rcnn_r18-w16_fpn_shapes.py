@@ -1,7 +1,8 @@
 # Mask R-CNN small enough to train on 2 CPU cores in minutes, on the synthetic shapes dataset at 128x128 pixels:
 # ResNet-18 at a quarter of the width (stage widths 16-32-64-128), 64-channel FPN, the "-all" layout of the GN and SN
 # papers (norm layers in backbone, FPN, 4conv1fc box head and mask head), trained from scratch (no pretrained
-# weights), 2 images per batch, BatchNorm; the variants set `norm_cfg` in the four places (mask-rcnn_r18-w16_fpn_*-all_*).
+# weights), 2 images per batch, BatchNorm; the variants set `norm_cfg` in the four places
+# (mask-rcnn_r18-w16_fpn_*-all_*).
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     './shapes_instance.py',
