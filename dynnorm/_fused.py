@@ -42,11 +42,20 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from . import _triton
 
 _aten = torch.ops.aten
 _fast_path_enabled = os.environ.get("DYNNORM_FAST_PATH", "1") not in ("0", "false", "False")
 
+
+
+def _triton_kernels(x: Tensor):
+    """:mod:`dynnorm._triton` when its kernels apply to ``x``, else ``None``. Imported on first use with a CUDA
+    tensor only, so ``import dynnorm`` (and CPU use) never loads Triton."""
+    if not x.is_cuda:
+        return None
+    from . import _triton
+
+    return _triton if _triton.available(x) else None
 
 def set_fast_path(enabled: bool) -> None:
     """Use the fused kernels (``True``, the default) or the straightforward reference ops (``False``)."""
@@ -174,8 +183,9 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     if count == 1:
         mean = x.reshape(n, c).to(acc)
         return mean, torch.zeros_like(mean)
-    if _triton.available(x):  # CUDA: one read, Welford-style merge in float32
-        return _triton.row_moments(x)
+    triton_kernels = _triton_kernels(x)
+    if triton_kernels is not None:  # CUDA: one read, Welford-style merge in float32
+        return triton_kernels.row_moments(x)
     mean = x.sum(tuple(range(2, x.dim())), dtype=acc) / count
     chunked = x.device.type == "cpu" and not torch.compiler.is_compiling()
     if x.is_contiguous():
@@ -240,8 +250,9 @@ class _InstanceMoments(torch.autograd.Function):
         if not (grad_alias.is_contiguous() or _is_channels_last(grad_alias)):  # e.g. an expanded gradient
             return grad_alias + _affine(x, a, b)
         # grad_alias is the normalize's fresh input gradient: accumulate into it.
-        if _triton.available(grad_alias) and x.is_contiguous() and a.dtype == torch.float32:
-            return _triton.accumulate_affine_(grad_alias, x, a, b)
+        triton_kernels = _triton_kernels(grad_alias)
+        if triton_kernels is not None and x.is_contiguous() and a.dtype == torch.float32:
+            return triton_kernels.accumulate_affine_(grad_alias, x, a, b)
         return grad_alias.addcmul_(x, a.reshape(view)).add_(b.reshape(view))
 
 
