@@ -12,8 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ._base import DynNormBase
 from .dynamic_affine import _DynamicAffineNorm
 from .registry import DIMENSION_VARIANTS, LayerType, get_norm_layer
-from .sparse import _SparseSwitchNorm
-from .switchable import SwitchNorm1d, SwitchNorm3d, _SwitchNorm
+from .switchable import _SwitchNorm
 
 _BATCHNORM_DIMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3, nn.SyncBatchNorm: 2}
 
@@ -105,7 +104,7 @@ def torch_equivalent(layer: nn.Module) -> nn.Module | None:
     ``(C, *)`` with a per-channel affine); DN-B/DN-C whose generator outputs are zero become ``BatchNorm``.
     """
     factory = {"device": layer.weight.device if layer.weight is not None else None}
-    dims = 1 if isinstance(layer, SwitchNorm1d) else 3 if isinstance(layer, SwitchNorm3d) else 2
+    dims = max(getattr(layer, "input_ranks", (4,))) - 2  # spatial dimensions of the layer's inputs
     if isinstance(layer, _SwitchNorm):
         mean_w, var_w = (w.detach() for w in layer.mixture_weights())
         selected = {int(mean_w.argmax()), int(var_w.argmax())}

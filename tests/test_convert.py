@@ -124,3 +124,15 @@ def test_ratio_plot_is_written(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no IN/LN/BN ratios"):
         plot_importance_ratios({}, tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("cls, expected", [
+    (dynnorm.SwitchNorm1d, nn.BatchNorm1d), (dynnorm.SparseSwitchNorm1d, nn.BatchNorm1d),
+    (dynnorm.SwitchNorm3d, nn.BatchNorm3d), (dynnorm.SparseSwitchNorm3d, nn.BatchNorm3d),
+])
+def test_one_hot_layers_revert_to_the_batchnorm_of_their_dimension(cls, expected):
+    layer = cls(8)
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.tensor([-1e4, -1e4, 1e4]))
+        layer.var_weight.copy_(torch.tensor([-1e4, -1e4, 1e4]))
+    assert type(dynnorm.torch_equivalent(layer)) is expected
