@@ -95,7 +95,7 @@ class ExemplarNorm2d(DynNormBase):
             hidden = torch.relu(descriptor @ self.ratio_w1.to(acc).t() + self.ratio_b1.to(acc))
             logits = hidden @ self.ratio_w2.to(acc).t() + self.ratio_bias.to(acc)
         if single_value:
-            logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) == 0, float("-inf"))
+            logits = F.mask_instance_logit(logits)
         return torch.softmax(logits, dim=1)
 
     def importance_ratios(self) -> dict[str, dict[str, float]]:

@@ -91,6 +91,12 @@ def group_moments(mean: Tensor, var: Tensor, num_groups: int) -> tuple[Tensor, T
     return grouped_mean.squeeze(2), grouped_var.squeeze(2)
 
 
+def mask_instance_logit(logits: Tensor) -> Tensor:
+    """``logits`` (``(..., K)``, IN first) with the IN entry at ``-inf``: IN is undefined for one value per (n, c)."""
+    index = torch.arange(logits.shape[-1], device=logits.device)
+    return logits.masked_fill(index == 0, float("-inf"))
+
+
 def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x * scale + shift`` with per-(sample, channel) ``(N, C)`` (or ``(1, C)``) coefficients.
 

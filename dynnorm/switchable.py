@@ -105,8 +105,8 @@ class _SwitchNorm(DynNormBase):
     def _mixture(self, logits: Tensor, single_value: bool) -> Tensor:
         """Mixture weights ``(K,)`` in float32 from the logits."""
         logits = logits.to(F.accumulation_dtype(logits.dtype))
-        if single_value:  # IN of a single value is undefined: leave it out
-            logits = logits.masked_fill(torch.arange(logits.numel(), device=logits.device) == 0, float("-inf"))
+        if single_value:
+            logits = F.mask_instance_logit(logits)
         return torch.softmax(logits, dim=0)
 
     def mixture_weights(self, single_value: bool = False) -> tuple[Tensor, Tensor]:
