@@ -42,6 +42,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ._common import accumulation_dtype, spatial_size
 
 _aten = torch.ops.aten
 _fast_path_enabled = os.environ.get("DYNNORM_FAST_PATH", "1") not in ("0", "false", "False")
@@ -79,17 +80,6 @@ def fast_path(enabled: bool) -> Iterator[None]:
         set_fast_path(previous)
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _spatial_size(x: Tensor) -> int:
-    size = 1
-    for s in x.shape[2:]:
-        size *= s
-    return size
-
-
 # -- layout dispatch -------------------------------------------------------------------------------------
 
 
@@ -108,7 +98,7 @@ def applies(x: Tensor, coefficient_dtype: torch.dtype | None = None) -> bool:
         return False
     if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         return False
-    if coefficient_dtype is not None and coefficient_dtype != _accumulation_dtype(x.dtype):
+    if coefficient_dtype is not None and coefficient_dtype != accumulation_dtype(x.dtype):
         return False
     if x.device.type not in ("cpu", "cuda"):
         return False
@@ -178,8 +168,8 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     would lose ``(mean / std)^2`` ulps to cancellation). The same reductions run per (n, c) row in eager
     and compiled code, chunked or not, so both give the same values.
     """
-    n, c, count = x.shape[0], x.shape[1], _spatial_size(x)
-    acc = _accumulation_dtype(x.dtype)
+    n, c, count = x.shape[0], x.shape[1], spatial_size(x)
+    acc = accumulation_dtype(x.dtype)
     if count == 1:
         mean = x.reshape(n, c).to(acc)
         return mean, torch.zeros_like(mean)
@@ -229,7 +219,7 @@ class _InstanceMoments(torch.autograd.Function):
     def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         mean, var = _moments(x)
         ctx.save_for_backward(x, mean)
-        ctx.count = _spatial_size(x)
+        ctx.count = spatial_size(x)
         ctx.set_materialize_grads(False)
         return mean, var, x
 

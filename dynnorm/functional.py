@@ -10,12 +10,8 @@ import torch
 from torch import Tensor
 
 from . import _fused
+from ._common import accumulation_dtype, spatial_size  # noqa: F401  (part of this module's API)
 from ._fused import fast_path, fast_path_enabled, set_fast_path  # noqa: F401  (the switch, re-exported)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype statistics are computed in: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def autocast_disabled(x: Tensor) -> torch.autocast:
@@ -24,19 +20,11 @@ def autocast_disabled(x: Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-def spatial_size(x: Tensor) -> int:
-    """Number of values per (sample, channel) of an ``(N, C, *)`` tensor."""
-    size = 1
-    for s in x.shape[2:]:
-        size *= s
-    return size
-
-
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(sample, channel) mean and biased variance.
 
-    Runs the fused one-pass kernel of :mod:`dynnorm._fused` (analytic backward, saves only ``x``) when it
-    applies, otherwise :func:`instance_moments_reference`; both give the same values and gradients.
+    Runs the fused kernels of :mod:`dynnorm._fused` (analytic backward, saves only ``x``) when they apply,
+    otherwise :func:`instance_moments_reference`; both give the same values and gradients.
 
     Args:
         x: ``(N, C, *)`` input.
@@ -44,10 +32,8 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(mean, var)``, each ``(N, C)`` in :func:`accumulation_dtype`.
     """
-    if _fused.applies(x):
-        mean, var, _ = _fused.instance_moments(x)
-        return mean, var
-    return instance_moments_reference(x)
+    mean, var, _ = normalization_moments(x)
+    return mean, var
 
 
 def normalization_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
