@@ -10,6 +10,14 @@ from . import functional as F
 from .distributed import batch_moments, world_size
 
 
+def head_hidden_size(num_features: int, reduction: int) -> int:
+    """Hidden width ``max(C // reduction, 4)`` of a layer's small statistics head (EN's ratio head, DN-B's
+    generator); rejects a ``reduction`` that is not a positive int."""
+    if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction <= 0:
+        raise ValueError(f"reduction must be a positive int, got {reduction!r}")
+    return max(num_features // reduction, 4)
+
+
 class DynNormBase(nn.Module):
     """Base of the dynnorm layers (a plain ``nn.Module``: not a ``_BatchNorm``, on purpose).
 

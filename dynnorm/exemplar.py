@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from ._base import DynNormBase
+from ._base import DynNormBase, head_hidden_size
 from .switchable import NORMALIZERS
 
 
@@ -63,10 +63,8 @@ class ExemplarNorm2d(DynNormBase):
         super().__init__(
             num_features, eps, momentum, affine, track_running_stats, sync_batch_stats, process_group, device, dtype
         )
-        if not isinstance(reduction, int) or reduction <= 0:
-            raise ValueError(f"reduction must be a positive int, got {reduction!r}")
+        hidden = head_hidden_size(num_features, reduction)
         self.reduction = reduction
-        hidden = max(num_features // reduction, 4)
         factory = {"device": device, "dtype": dtype}
         k = len(self.normalizer_names)
         self.ratio_w1 = nn.Parameter(torch.empty(hidden, 2 * num_features, **factory))
