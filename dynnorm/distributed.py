@@ -1,7 +1,7 @@
 """Batch statistics across processes.
 
 A synchronized layer all-reduces, over its process group, the per-channel sums that the batch statistics
-are made of, with ``torch.distributed.nn.functional.all_reduce`` so that gradients flow back to every
+are made of, with torch's functional all-reduce, whose autograd sends the gradients back to every
 rank's input. Outside an initialized process group (or with one process) the local statistics are used,
 so the same model runs unchanged on one device.
 """
@@ -22,15 +22,18 @@ def world_size(process_group: object | None = None) -> int:
 
 
 def all_reduce_sum(tensor: Tensor, process_group: object | None = None) -> Tensor:
-    """Differentiable sum over the processes of ``process_group``: the backward all-reduces the gradients."""
-    import torch.distributed._functional_collectives as collectives
+    """Differentiable sum over the processes of ``process_group``: the backward all-reduces the gradients.
 
-    if hasattr(collectives, "all_reduce_backward"):  # torch >= 2.14: autograd-aware functional collective
-        group = process_group if process_group is not None else dist.group.WORLD
-        return collectives.wait_tensor(collectives.all_reduce(tensor, "sum", group))
-    from torch.distributed.nn.functional import all_reduce
+    The functional collective ops are called with the group's name rather than through
+    ``_functional_collectives.all_reduce``: that wrapper keeps references to the process group alive
+    after ``destroy_process_group()``, so gloo's worker threads outlive it and can abort the process at
+    interpreter exit. Importing ``_functional_collectives`` registers the ops' autograd formulas.
+    """
+    import torch.distributed._functional_collectives  # noqa: F401  (registers the autograd of the ops)
 
-    return all_reduce(tensor, op=dist.ReduceOp.SUM, group=process_group)
+    group = process_group if process_group is not None else dist.group.WORLD
+    ops = torch.ops._c10d_functional
+    return ops.wait_tensor(ops.all_reduce(tensor, "sum", group.group_name))
 
 
 def batch_moments(

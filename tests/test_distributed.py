@@ -43,9 +43,15 @@ def _run(layer, x, upstream):
     return out.detach(), x.grad
 
 
+def _thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
 def _worker(rank: int, world_size: int, port: int, splits: list[int], out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    threads_before_init = _thread_count()
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    backend_threads = _thread_count() - threads_before_init
     try:
         torch.set_num_threads(1)
         x, upstream = _inputs(sum(splits))
@@ -63,15 +69,20 @@ def _worker(rank: int, world_size: int, port: int, splits: list[int], out_dir: s
                 "param_grads": {n: p.grad for n, p in layer.named_parameters() if p.grad is not None},
                 "buffers": {n: b.clone() for n, b in layer.named_buffers()},
             }
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
+        threads_before_destroy = _thread_count()
         dist.destroy_process_group()
+    # Nothing the layers did may keep the process group alive: its worker threads must be joined now, or
+    # they can abort the process at interpreter exit.
+    results["backend_threads_left"] = backend_threads - (threads_before_destroy - _thread_count())
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.parametrize("splits", [[3, 3], [4, 1], [4, 0]], ids=["equal", "unequal", "empty-rank"])
 def test_synchronized_layers_match_single_process_on_concatenated_batch(splits, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), splits, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["backend_threads_left"] for r in ranks] == [0, 0], "process group outlived destroy_process_group"
     x, upstream = _inputs(sum(splits))
     for name in SYNC_LAYERS:
         layer = _build(name)  # not distributed here: local statistics over the whole batch
