@@ -88,6 +88,15 @@ def test_half_inputs_accumulate_in_float32_like_the_reference(dtype):
     torch.testing.assert_close(fast[2].float(), reference[2].float(), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("mean_over_std", [0.0, 0.99, 1.01, 30.0])
+def test_float32_variance_is_as_accurate_as_two_passes_on_either_side_of_the_one_pass_bound(mean_over_std):
+    x = torch.randn(4, 16, 32, 32, dtype=torch.float64) * 3.0 + 3.0 * mean_over_std
+    x[0, 0] += 100.0 * (mean_over_std > 1)  # one row far off: the whole input takes the two-pass route
+    _, var = F.instance_moments(x.float())
+    expected_var = x.float().double().var((2, 3), unbiased=False)
+    torch.testing.assert_close(var.double(), expected_var, rtol=5e-6, atol=0)
+
+
 def test_variance_of_large_mean_does_not_cancel_in_float32():
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64) * 0.01 + 1000.0  # mean / std = 1e5
     mean, var = F.instance_moments(x.float())
