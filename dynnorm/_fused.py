@@ -161,6 +161,23 @@ def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 _CENTERED_CHUNK_BYTES = 1 << 20
 
 
+def _one_pass_moments(x: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``E[x]`` and ``E[x^2] - E[x]^2`` per (n, c), each ``(N, C)`` in ``acc``, of a contiguous input.
+
+    float32/float64: ``sum`` and ``vector_norm`` of the rows, no temporary. bf16/fp16: one read by
+    the BatchNorm-backward kernel (:func:`_row_sums`), which accumulates in ``acc`` without the
+    converted copy of ``x`` that ``sum(dtype=acc)`` makes. The variance may cancel: see :func:`_moments`.
+    """
+    n, c, count = x.shape[0], x.shape[1], spatial_size(x)
+    if x.dtype == acc:
+        rows = x.view(n * c, count)
+        total, square_total = rows.sum(1), torch.linalg.vector_norm(rows, dim=1).square()
+    else:
+        total, square_total = _row_sums(x, x, acc)
+    mean = total.view(n, c) / count
+    return mean, square_total.view(n, c) / count - mean.square()
+
+
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(n, c) mean and biased variance ``(N, C)`` in the accumulation dtype, without autograd.
 
@@ -178,16 +195,16 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     triton_kernels = _triton_kernels(x)
     if triton_kernels is not None:  # CUDA: one read, Welford-style merge in float32
         return triton_kernels.row_moments(x)
-    mean = x.sum(tuple(range(2, x.dim())), dtype=acc) / count
-    chunked = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    eager_cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    if eager_cpu and x.is_contiguous():
+        mean, var = _one_pass_moments(x, acc)
+        if bool((mean.square() <= var).all()):
+            return mean, var
+    else:
+        mean = x.sum(tuple(range(2, x.dim())), dtype=acc) / count
     if x.is_contiguous():
         rows, row_means = x.view(n * c, count), mean.view(n * c, 1)
-        if chunked:
-            square_mean = torch.linalg.vector_norm(rows, dim=1, dtype=acc).square().view(n, c) / count
-            var = square_mean - mean.square()
-            if bool((mean.square() <= var).all()):
-                return mean, var
-        if not chunked:
+        if not eager_cpu:
             return mean, torch.linalg.vector_norm(rows - row_means, dim=1).square().view(n, c) / count
         step = max(1, _CENTERED_CHUNK_BYTES // (count * torch.empty((), dtype=acc).element_size()))
         buffer = torch.empty((min(step, n * c), count), dtype=acc, device=x.device)
@@ -199,7 +216,7 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
         return mean, norms.square().view(n, c) / count
     # Channels last: one BatchNorm-kernel call per sample gives sum(t) and sum(t * t) of t = x - mean.
     view = (1, c) + (1,) * (x.dim() - 2)
-    if chunked:
+    if eager_cpu:
         buffer = torch.empty_like(x[:1], dtype=acc)
         residuals, square_totals = [], []
         for i in range(n):
@@ -250,6 +267,8 @@ class _InstanceMoments(torch.autograd.Function):
         triton_kernels = _triton_kernels(grad_alias)
         if triton_kernels is not None and x.is_contiguous() and a.dtype == torch.float32:
             return triton_kernels.accumulate_affine_(grad_alias, x, a, b)
+        if grad_alias.dtype != a.dtype:  # bf16/fp16: a mixed-dtype addcmul_ would convert whole tensors
+            return grad_alias.add_(_affine(x, a, b))
         return grad_alias.addcmul_(x, a.reshape(view)).add_(b.reshape(view))
 
 

@@ -88,12 +88,13 @@ def test_half_inputs_accumulate_in_float32_like_the_reference(dtype):
     torch.testing.assert_close(fast[2].float(), reference[2].float(), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("mean_over_std", [0.0, 0.99, 1.01, 30.0])
-def test_float32_variance_is_as_accurate_as_two_passes_on_either_side_of_the_one_pass_bound(mean_over_std):
-    x = torch.randn(4, 16, 32, 32, dtype=torch.float64) * 3.0 + 3.0 * mean_over_std
+def test_variance_is_as_accurate_as_two_passes_on_either_side_of_the_one_pass_bound(mean_over_std, dtype):
+    x = (torch.randn(4, 16, 32, 32, dtype=torch.float64) * 3.0 + 3.0 * mean_over_std).to(dtype)
     x[0, 0] += 100.0 * (mean_over_std > 1)  # one row far off: the whole input takes the two-pass route
-    _, var = F.instance_moments(x.float())
-    expected_var = x.float().double().var((2, 3), unbiased=False)
+    _, var = F.instance_moments(x)
+    expected_var = x.double().var((2, 3), unbiased=False)
     torch.testing.assert_close(var.double(), expected_var, rtol=5e-6, atol=0)
 
 
@@ -156,6 +157,21 @@ def test_every_layer_fast_equals_reference_in_training_and_eval(case, layout, dt
         with F.fast_path(False):
             out_ref = reference_layer(x)
     torch.testing.assert_close(out_fast, out_ref, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("offset", [0.5, 300.0], ids=["one-pass-moments", "two-pass-moments"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_bfloat16_training_step_fast_equals_reference(case, offset):
+    fast_layer = randomize(case.build(8))
+    reference_layer = copy.deepcopy(fast_layer)
+    x = (torch.randn(4, 8, 5, 6) * 2 + offset).to(torch.bfloat16)
+    out_fast, grads_fast = _train_step(fast_layer, x, fast=True)
+    out_ref, grads_ref = _train_step(reference_layer, x, fast=False)
+    assert out_fast.dtype == grads_fast["input"].dtype == torch.bfloat16
+    torch.testing.assert_close(out_fast, out_ref, rtol=2e-2, atol=2e-2)
+    for name in grads_fast:
+        scale = grads_ref[name].abs().max().item()  # bf16 rounding is relative to the gradient's size
+        torch.testing.assert_close(grads_fast[name], grads_ref[name], rtol=2e-2, atol=2e-2 * scale, msg=name)
 
 
 @pytest.mark.parametrize("name", ["SN", "EN", "AssocNorm", "DNB"])
