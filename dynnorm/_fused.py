@@ -312,12 +312,16 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(mean, var, x)``: per-(n, c) mean and biased variance, each ``(N, C)`` in float32 (float64 for
     float64 inputs), and an alias of ``x`` to normalize with :func:`scale_shift` (see :class:`_InstanceMoments`)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):  # nothing to differentiate: no Function
+        return (*_moments(x), x)
     return _InstanceMoments.apply(x)
 
 
 def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x * scale + shift`` with ``(N, C)`` or ``(1, C)`` coefficients, returned in ``x.dtype`` and layout."""
     n, c = x.shape[0], x.shape[1]
+    if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or shift.requires_grad)):
+        return _affine(x, scale.expand(n, c), shift.expand(n, c))  # nothing to differentiate: no Function
     if not x.is_contiguous():
         return _ScaleShift.apply(x, scale.expand(n, c), shift.expand(n, c))
     # On the (1, N * C, L) rows, so that the Function's output is not a view (the reshape back happens

@@ -159,6 +159,25 @@ def test_every_layer_fast_equals_reference_in_training_and_eval(case, layout, dt
     torch.testing.assert_close(out_fast, out_ref, **TOLERANCES[dtype])
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_input_without_grad_still_gives_parameter_gradients_like_the_reference(case):
+    """The first layer of a network: its input needs no gradient, its parameters do."""
+    fast_layer = randomize(case.build(8, dtype=torch.float64))
+    reference_layer = copy.deepcopy(fast_layer)
+    x = torch.randn(4, 8, 5, 6, dtype=torch.float64) * 2 + 0.5
+    grads = []
+    for layer, fast in ((fast_layer, True), (reference_layer, False)):
+        with F.fast_path(fast):
+            out = layer(x)
+        params = [p for p in layer.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(out.square().sum(), params, allow_unused=True))
+    for fast_grad, reference_grad in zip(*grads):
+        if reference_grad is None:
+            assert fast_grad is None
+        else:
+            torch.testing.assert_close(fast_grad, reference_grad, **TOLERANCES[torch.float64])
+
+
 @pytest.mark.parametrize("offset", [0.5, 300.0], ids=["one-pass-moments", "two-pass-moments"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_bfloat16_training_step_fast_equals_reference(case, offset):
