@@ -161,6 +161,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def keep_freed_memory_mapped() -> bool:
+    """Ask glibc to serve large blocks from its heap and never return freed memory to the system.
+
+    By default glibc maps blocks above a threshold that moves with the allocation history and unmaps them
+    when freed, so an output of several MB may fault in fresh pages on every call (BatchNorm's evaluation
+    time at 8x64x56x56 then swings between about 0.3 and 2.5 ms from one run to the next). With both
+    thresholds at 1 GiB every layer reuses warm memory and the tables time the kernels, as under jemalloc or
+    tcmalloc. Returns whether the settings took effect (``False`` off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD in <malloc.h>
+    return bool(libc.mallopt(mmap_threshold, 1 << 30)) and bool(libc.mallopt(trim_threshold, 1 << 30))
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -282,6 +304,7 @@ def time_interleaved(
 def run(args: argparse.Namespace, save: Callable[[dict], None] | None = None) -> dict:
     """Benchmark everything ``args`` asks for; ``save(result)`` is called after every shape (partial results)."""
     device = torch.device(args.device)
+    args.warm_memory = not args.default_malloc and keep_freed_memory_mapped()
     if args.threads:
         torch.set_num_threads(args.threads)
     names = list(layer_factories()) if not args.layers else ["BN", "GN", *[n for n in args.layers if n not in ("BN", "GN")]]
@@ -350,7 +373,8 @@ def result(args: argparse.Namespace, device: torch.device, records: list[dict], 
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "repeats": args.repeats, "inner": args.inner, "warmup": args.warmup,
-            "channels_last": args.channels_last, "wall_s": round(time.time() - started, 1),
+            "channels_last": args.channels_last, "warm_memory": args.warm_memory,
+            "wall_s": round(time.time() - started, 1),
         },
         "records": records,
     }
@@ -368,7 +392,8 @@ def markdown(result: dict) -> str:
         "",
         f"torch {meta['torch']}, {meta['device_name'] or meta['machine']}, {meta['threads']} thread(s), "
         f"median of {meta['repeats']} interleaved rounds ({meta['inner']} call(s) each), load average at the end "
-        f"{', '.join(f'{v:.1f}' for v in meta['load_average'] or [])}. "
+        f"{', '.join(f'{v:.1f}' for v in meta['load_average'] or [])}"
+        f"{'; freed memory kept mapped (glibc thresholds at 1 GiB)' if meta.get('warm_memory') else ''}. "
         "Cells: time / time of eager `nn.BatchNorm2d` in the same rounds (lower is better); the BN row gives "
         "its milliseconds. `fast`: the layer as shipped; `reference ops`: fused kernels off; `compiled`: "
         "`torch.compile(layer)`.",
@@ -448,6 +473,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-dtypes", nargs="+", default=sorted(DTYPES), choices=sorted(DTYPES))
     parser.add_argument("--no-reference-ops", action="store_true", help="skip the fused-kernels-off column")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--default-malloc", action="store_true",
+        help="leave glibc's allocation thresholds alone (default: keep freed memory mapped, see keep_freed_memory_mapped)",
+    )
     parser.add_argument("--out", default=str(ROOT / "tools" / "results" / "benchmark"), help="output path stem")
     return parser.parse_args(argv)
 
