@@ -320,11 +320,12 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x * scale + shift`` with ``(N, C)`` or ``(1, C)`` coefficients, returned in ``x.dtype`` and layout."""
     n, c = x.shape[0], x.shape[1]
+    scale, shift = scale.expand(n, c), shift.expand(n, c)
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or shift.requires_grad)):
-        return _affine(x, scale.expand(n, c), shift.expand(n, c))  # nothing to differentiate: no Function
+        return _affine(x, scale, shift)  # nothing to differentiate: no Function
     if not x.is_contiguous():
-        return _ScaleShift.apply(x, scale.expand(n, c), shift.expand(n, c))
+        return _ScaleShift.apply(x, scale, shift)
     # On the (1, N * C, L) rows, so that the Function's output is not a view (the reshape back happens
     # outside it): in-place ops on the layer's output (ReLU(inplace=True)) then work.
-    rows = _ScaleShift.apply(_rows(x), scale.expand(n, c).reshape(1, n * c), shift.expand(n, c).reshape(1, n * c))
+    rows = _ScaleShift.apply(_rows(x), scale.reshape(1, n * c), shift.reshape(1, n * c))
     return rows.view(x.shape)
