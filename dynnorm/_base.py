@@ -1,21 +1,28 @@
-"""The state every dynnorm layer shares: affine parameters, running statistics, input checks, batch statistics."""
+"""The state every dynnorm layer shares: affine parameters, running statistics, input checks, dispatch."""
 from __future__ import annotations
 
+import operator
+from types import ModuleType
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
-from .distributed import batch_moments, world_size
+from . import kernels
+from .distributed import synchronized_batch_moments, world_size
+
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def head_hidden_size(num_features: int, reduction: int) -> int:
-    """Hidden width ``max(C // reduction, 4)`` of a layer's small statistics head (EN's ratio head, DN-B's
-    generator); rejects a ``reduction`` that is not a positive int."""
-    if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction <= 0:
-        raise ValueError(f"reduction must be a positive int, got {reduction!r}")
-    return max(num_features // reduction, 4)
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an int (anything with ``__index__``, e.g. ``numpy.int64``), rejecting bools and values < 1."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return number
 
 
 class DynNormBase(nn.Module):
@@ -23,19 +30,36 @@ class DynNormBase(nn.Module):
 
     It owns what users switching from ``nn.BatchNorm2d`` expect, with the same names, shapes and meaning:
     ``weight``/``bias`` ``(C,)``, ``running_mean``/``running_var``/``num_batches_tracked`` buffers (the
-    variance starts at 1 and is stored unbiased), torch's ``momentum`` (``None`` = cumulative average),
-    ``track_running_stats``. Subclasses set ``uses_batch_statistics`` and implement ``forward``.
+    variance starts at 1 and is stored unbiased) when the layer has a BN term, torch's ``momentum``
+    (``None`` = cumulative average), ``track_running_stats``. Subclasses pass ``batch_statistics`` (whether
+    the layer has a BN term) and implement :meth:`_normalize`, which calls the layer's function on the
+    implementation chosen by :func:`dynnorm.kernels.select`.
 
     Batch statistics can be synchronized across processes (``sync_batch_stats=True`` or the ``Sync*``
-    classes), with autograd through the all-reduce; they fall back to local statistics when not distributed.
-    Not subclassing ``_BatchNorm`` keeps ``convert_sync_batchnorm``, conv-BN fusion and ``norm_eval`` code
-    from silently treating these layers as BatchNorm.
+    classes), with autograd through the reduction; they fall back to local statistics when not
+    distributed. Not subclassing ``_BatchNorm`` keeps ``convert_sync_batchnorm``, conv-BN fusion and
+    ``norm_eval`` code from silently treating these layers as BatchNorm.
+
+    Args:
+        num_features: channels ``C`` of an ``(N, C, *)`` input.
+        eps: added to every variance. Default: 1e-5
+        momentum: weight of the current batch in the running statistics; ``None`` for a cumulative average.
+            Default: 0.1
+        affine: learn ``weight`` and ``bias``. Default: True
+        track_running_stats: keep running statistics of the BN term for evaluation; if False the BN term
+            uses batch statistics in evaluation too. Default: True
+        batch_statistics: the layer has a BN term (keyword-only, passed by each layer class).
+        sync_batch_stats: synchronize the BN term's statistics across ``process_group``. Default: the
+            class's setting (False; True for ``Sync*`` classes)
+        process_group: the group to synchronize over (``None``: the default group).
     """
 
     _abbr_: ClassVar[str] = "bn"  # mmcv layer naming: keeps the state-dict keys of BN networks (bn1.weight, ...)
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
-    uses_batch_statistics: ClassVar[bool] = True
     sync_batch_stats_default: ClassVar[bool] = False
+    #: Names of the parameters that select or mix normalizers (SN/SSN logits, DN gate logits): the SSN
+    #: authors train them in their own optimizer group (lr/10, no weight decay, gradient norm clipped).
+    mixture_parameter_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -44,24 +68,26 @@ class DynNormBase(nn.Module):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        *,
+        batch_statistics: bool,
         sync_batch_stats: bool | None = None,
         process_group: object | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        num_features = positive_int("num_features", num_features)
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps!r}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] (torch convention) or None, got {momentum!r}")
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
-        self.eps = eps
+        self.eps = float(eps)
         self.momentum = momentum
         self.affine = affine
-        self.track_running_stats = track_running_stats and self.uses_batch_statistics
+        self.uses_batch_statistics = batch_statistics
+        self.track_running_stats = track_running_stats and batch_statistics
         self.sync_batch_stats = self.sync_batch_stats_default if sync_batch_stats is None else sync_batch_stats
         self.process_group = process_group
         if affine:
@@ -102,13 +128,57 @@ class DynNormBase(nn.Module):
                 text += ", sync_batch_stats=True"
         return text
 
+    def torch_equivalent(self) -> nn.Module | None:
+        """The plain torch layer that computes exactly what this layer computes in its current state (with its
+        parameters and statistics copied), or ``None`` when there is none."""
+        return None
+
+    @torch.no_grad()
+    def _with_state(self, plain: nn.Module) -> nn.Module:
+        """``plain`` with this layer's affine parameters, running statistics and training mode."""
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            source, target = getattr(self, name, None), getattr(plain, name, None)
+            if isinstance(source, Tensor) and isinstance(target, Tensor) and source.shape == target.shape:
+                target.copy_(source)
+        return plain.train(self.training)
+
     def __getstate__(self) -> dict:
         # A process group handle cannot be pickled; a restored layer uses the default group.
         state = self.__dict__.copy()
         state["process_group"] = None
         return state
 
-    # -- helpers for forward ----------------------------------------------------------------------------
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script (its forward dispatches between fused "
+            "operators and reference ops in Python). Export with torch.export.export or "
+            "torch.onnx.export(..., dynamo=True), or trace it with torch.jit.trace."
+        )
+
+    # -- forward -----------------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        synchronized = self._synchronized()
+        if x.shape[0] == 0 and not synchronized:
+            return self._empty_output(x)
+        return self._normalize(kernels.select(x, synchronized=synchronized), x, synchronized)
+
+    def _normalize(self, ops: ModuleType, x: Tensor, synchronized: bool) -> Tensor:
+        """Apply the layer's function from ``ops`` (:mod:`dynnorm.functional` or a kernel module) to ``x``."""
+        raise NotImplementedError
+
+    def _batch_arguments(self, synchronized: bool) -> dict:
+        """The arguments of the layer functions that concern the BN term."""
+        return {
+            "running_mean": self.running_mean,
+            "running_var": self.running_var,
+            "num_batches_tracked": self.num_batches_tracked,
+            "training": self.training,
+            "momentum": self.momentum,
+            "eps": self.eps,
+            "batch_moments": synchronized_batch_moments(self.process_group) if synchronized else None,
+        }
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() not in self.input_ranks:
@@ -121,13 +191,18 @@ class DynNormBase(nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"{type(self).__name__} expected a floating-point input, got {x.dtype}")
+        reference = self.weight if self.weight is not None else self.running_mean
+        if reference is not None and x.dtype != reference.dtype and not (
+            reference.dtype == torch.float32 and x.dtype in _HALF_DTYPES
+        ):
+            raise TypeError(
+                f"{type(self).__name__} got a {x.dtype} input but its parameters are {reference.dtype}: convert "
+                f"the layer (layer.to({x.dtype})) or the input (as nn.BatchNorm2d requires; bfloat16/float16 "
+                "inputs with float32 parameters are supported, as under autocast)"
+            )
 
-    def _syncing(self) -> bool:
+    def _synchronized(self) -> bool:
         return self.training and self.sync_batch_stats and world_size(self.process_group) > 1
-
-    def _is_empty_local_batch(self, x: Tensor) -> bool:
-        """True for an empty batch that needs no collective: the layer then returns an empty output."""
-        return x.shape[0] == 0 and not (self.uses_batch_statistics and self._syncing())
 
     def _empty_output(self, x: Tensor) -> Tensor:
         """An empty output shaped like ``x``, still connected to the affine parameters (zero gradients)."""
@@ -135,25 +210,3 @@ class DynNormBase(nn.Module):
             return x.clone()
         view = (1, -1) + (1,) * (x.dim() - 2)
         return x * self.weight.view(view).to(x.dtype) + self.bias.view(view).to(x.dtype)
-
-    def _uses_batch_statistics_now(self) -> bool:
-        return self.training or not self.track_running_stats
-
-    def _batch_statistics(self, x: Tensor, instance_mean: Tensor, instance_var: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-channel ``(1, C)`` mean and biased variance of the batch term.
-
-        Training (or ``track_running_stats=False``): statistics of the current batch, synchronized across
-        processes when asked, and the running statistics are updated. Evaluation: the running statistics.
-        """
-        if not self._uses_batch_statistics_now():
-            acc = instance_mean.dtype
-            return self.running_mean.to(acc).unsqueeze(0), self.running_var.to(acc).unsqueeze(0)
-        mean, var, num_samples = batch_moments(instance_mean, instance_var, self._syncing(), self.process_group)
-        count = num_samples * F.spatial_size(x)
-        if self.training:
-            F.check_batch_statistics_size(count, x)
-            if self.track_running_stats:
-                self.num_batches_tracked.add_(1)
-                factor = F.exponential_average_factor(self.momentum, self.num_batches_tracked)
-                F.update_running_stats_(self.running_mean, self.running_var, mean[0], var[0], count, factor)
-        return mean, var

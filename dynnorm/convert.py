@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._base import DynNormBase
-from .dynamic_affine import _DynamicAffineNorm
 from .registry import DIMENSION_VARIANTS, LayerType, get_norm_layer
-from .switchable import _SwitchNorm
 
 _BATCHNORM_DIMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3, nn.SyncBatchNorm: 2}
 
@@ -22,11 +19,25 @@ def is_dynnorm(module: nn.Module) -> bool:
     return isinstance(module, DynNormBase)
 
 
+def accepted_keywords(factory) -> set[str]:
+    """The keyword arguments ``factory`` accepts, following ``**kwargs`` up a class's ``__init__`` chain (the
+    dynnorm layers pass their options on to :class:`~dynnorm._base.DynNormBase`)."""
+    target = getattr(factory, "func", factory)
+    functions = [klass.__dict__["__init__"] for klass in target.__mro__ if "__init__" in klass.__dict__] \
+        if isinstance(target, type) else [target]
+    names: set[str] = set()
+    for function in functions:
+        parameters = inspect.signature(function).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
 def _accepted_kwargs(factory, candidates: dict) -> dict:
-    """The subset of ``candidates`` that ``factory``'s signature accepts and a partial does not already bind."""
-    parameters = inspect.signature(factory).parameters
-    bound = getattr(factory, "keywords", {})
-    return {k: v for k, v in candidates.items() if k in parameters and k not in bound}
+    """The subset of ``candidates`` that ``factory`` accepts and a partial does not already bind."""
+    accepted, bound = accepted_keywords(factory), getattr(factory, "keywords", {})
+    return {k: v for k, v in candidates.items() if k in accepted and k not in bound}
 
 
 def _build_replacement(source: nn.Module, factory, kwargs: dict, path: str) -> nn.Module:
@@ -97,38 +108,14 @@ def _replace(module: nn.Module, build, path: str = "") -> nn.Module:
 
 
 def torch_equivalent(layer: nn.Module) -> nn.Module | None:
-    """The plain torch layer that computes exactly what ``layer`` computes now, or ``None``.
+    """The plain torch layer that computes exactly what dynnorm ``layer`` computes now, or ``None``.
 
-    SN/SSN whose mean and variance mixtures are both one-hot on the same normalizer become
-    ``BatchNorm`` (with the running statistics), ``InstanceNorm`` or ``GroupNorm(1, C)`` (LN over all of
-    ``(C, *)`` with a per-channel affine); DN-B/DN-C whose generator outputs are zero become ``BatchNorm``.
+    Each layer class knows its own equivalent (``layer.torch_equivalent()``): SN/SSN whose mean and variance
+    mixtures are both one-hot on the same normalizer become ``BatchNorm`` (with the running statistics),
+    ``InstanceNorm`` or ``GroupNorm(1, C)`` (LN over all of ``(C, *)`` with a per-channel affine); DN-B/DN-C
+    whose generator outputs are zero become ``BatchNorm``; other layers have none.
     """
-    factory = {"device": layer.weight.device if layer.weight is not None else None}
-    dims = max(getattr(layer, "input_ranks", (4,))) - 2  # spatial dimensions of the layer's inputs
-    if isinstance(layer, _SwitchNorm):
-        mean_w, var_w = (w.detach() for w in layer.mixture_weights())
-        selected = {int(mean_w.argmax()), int(var_w.argmax())}
-        if len(selected) != 1 or float(mean_w.max()) < 1 - 1e-6 or float(var_w.max()) < 1 - 1e-6:
-            return None
-        name = layer.normalizer_names[selected.pop()]
-        if name == "BN":
-            plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](
-                layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats, **factory)
-        elif name == "IN":
-            plain = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 1](
-                layer.num_features, layer.eps, affine=layer.affine, **factory)
-        else:
-            plain = nn.GroupNorm(1, layer.num_features, layer.eps, layer.affine, **factory)
-    elif isinstance(layer, _DynamicAffineNorm):
-        if layer.sc_w2.detach().abs().max() > 0 or layer.sc_b2.detach().abs().max() > 0:
-            return None
-        plain = nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum, layer.affine,
-                               layer.track_running_stats, **factory)
-    else:
-        return None
-    _copy_state(layer, plain)
-    plain.train(layer.training)
-    return plain
+    return layer.torch_equivalent() if is_dynnorm(layer) else None
 
 
 def revert(model: nn.Module, strict: bool = True) -> nn.Module:
@@ -148,21 +135,3 @@ def revert(model: nn.Module, strict: bool = True) -> nn.Module:
 
     return _replace(model, build)
 
-
-def convert_original_switchnorm_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Convert a checkpoint of the original SwitchNorm code to this package's layout.
-
-    The original layers store ``weight``/``bias`` as ``(1, C, 1, 1)`` and ``running_mean``/``running_var``
-    as ``(1, C, 1)``; here they are ``(C,)``. ``mean_weight``/``var_weight`` (order IN, LN, BN) are kept.
-    The original ``momentum`` was a decay: build the layers with ``momentum = 1 - original_momentum``.
-    Layers are recognised by their ``mean_weight`` key; other tensors are returned unchanged.
-    """
-    prefixes = {key[: -len("mean_weight")] for key in state_dict if key.endswith("mean_weight")}
-    converted = {}
-    for key, value in state_dict.items():
-        prefix, _, leaf = key.rpartition(".")
-        prefix = f"{prefix}." if prefix else ""
-        if prefix in prefixes and leaf in ("weight", "bias", "running_mean", "running_var"):
-            value = value.reshape(-1)
-        converted[key] = value
-    return converted

@@ -6,12 +6,11 @@ the layer below implements a documented reconstruction (see :class:`DynamicNorm2
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
 from ._base import DynNormBase
 
 
@@ -27,25 +26,12 @@ def channel_factors(num_channels: int) -> tuple[int, ...]:
     return ((odd,) if odd > 1 else ()) + (2,) * twos
 
 
-def kronecker_pool(values: Tensor, gates: Tensor, factors: tuple[int, ...]) -> Tensor:
-    """Apply ``A = U_1 kron ... kron U_K`` to the channel axis, ``U_i = g_i * mean_i + (1 - g_i) * I``.
-
-    ``values`` is ``(N, C)`` with ``C = prod(factors)``, ``gates`` ``(K,)`` in [0, 1]. Each ``U_i`` is
-    row-stochastic, so ``A`` is an averaging matrix; it is never materialised (cost ``O(C K)``).
-    """
-    n = values.shape[0]
-    pooled = values.reshape((n,) + factors)
-    for axis, gate in enumerate(gates, start=1):
-        pooled = torch.lerp(pooled, pooled.mean(axis, keepdim=True).expand_as(pooled), gate)
-    return pooled.reshape(values.shape)
-
-
 class DynamicNorm2d(DynNormBase):
     r"""Dynamic Normalization: statistics pooled by a learned, Kronecker-factored averaging matrix.
 
-    Every normalizer's statistics are an averaging ("pooling") matrix applied to the per-(n, c) moments
-    ``m1 = E_hw[x]``, ``m2 = E_hw[x^2]``: ``mu = A m1``, ``sigma^2 = A m2 - mu^2``. IN, LN, GN and BN are
-    particular matrices. DN learns the matrix:
+    Every normalizer's statistics are an averaging ("pooling") matrix applied to the per-(n, c) moments:
+    ``mu = A mu_IN`` and ``sigma^2`` the variance of the instance distributions mixed by ``A``. IN, LN, GN
+    and BN are particular matrices. DN learns the matrix:
 
     .. math::
         A = B \otimes (U_1 \otimes \dots \otimes U_K), \quad
@@ -56,39 +42,36 @@ class DynamicNorm2d(DynNormBase):
     ``b = sigmoid(theta_b)``. Gates at 0 give IN, all channel gates at 1 give LN, the last ``j`` channel gates
     at 1 give GN with groups of ``2^j`` contiguous channels, and ``b = 1`` with channel gates at 0 gives BN.
     The mean and the variance have their own matrices (``mean_*`` and ``var_*`` logits, as SN's two
-    softmaxes); the variance is the variance under its pooling matrix,
-    ``A'(var_in) + A'(mu_in^2) - (A' mu_in)^2``, clamped at 0.
+    softmaxes). The variance is computed factor by factor as the variance of a mixture of distributions,
+    ``var' = lerp(v, avg v + spread of means, g) + g (1 - g) (m - avg m)^2`` — a sum of non-negative terms,
+    equal to ``A' E[x^2] - (A' mu)^2`` but without its cancellation when the input has a large offset.
 
-    **Confirmed from the paper (abstract):** DN learns how the statistics are estimated, is differentiable
-    end to end with few parameters, and uses a matrix formulation covering many normalizers. **Not
-    confirmed (a reconstruction):** the Kronecker factorisation with soft sigmoid gates (the device of
-    the same group's DGConv), the batch factor, the separate mean/variance matrices, the initialisation
-    (all logits 0: every factor halfway between identity and averaging) and evaluation with running BN
-    statistics for the batch-pooled part. Treat results as those of this design, not of the paper.
+    .. note::
+        **Confirmed from the paper (abstract):** DN learns how the statistics are estimated, is differentiable
+        end to end with few parameters, and uses a matrix formulation covering many normalizers. **Not
+        confirmed (a reconstruction):** the Kronecker factorisation with soft sigmoid gates (the device of
+        the same group's DGConv), the batch factor, the separate mean/variance matrices, the initialisation
+        (all logits 0: every factor halfway between identity and averaging) and evaluation with running BN
+        statistics for the batch-pooled part. Treat results as those of this design, not of the paper.
 
     Args: as :class:`SwitchNorm2d` (without ``using_bn``).
 
     Shape:
         - Input: ``(N, C, H, W)``; Output: same shape and dtype.
+
+    Examples::
+
+        >>> layer = DynamicNorm2d(64)
+        >>> layer(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 64, 8, 8])
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        sync_batch_stats: bool | None = None,
-        process_group: object | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, sync_batch_stats, process_group, device, dtype
-        )
-        self.factors = channel_factors(num_features)
-        factory = {"device": device, "dtype": dtype}
+    mixture_parameter_names = ("mean_gate_logits", "var_gate_logits", "mean_batch_logit", "var_batch_logit")
+
+    def __init__(self, num_features: int, *args, **kwargs) -> None:
+        super().__init__(num_features, *args, batch_statistics=True, **kwargs)
+        self.factors = channel_factors(self.num_features)
+        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         self.mean_gate_logits = nn.Parameter(torch.empty(len(self.factors), **factory))
         self.var_gate_logits = nn.Parameter(torch.empty(len(self.factors), **factory))
         self.mean_batch_logit = nn.Parameter(torch.empty((), **factory))
@@ -102,12 +85,11 @@ class DynamicNorm2d(DynNormBase):
 
     def gates(self) -> dict[str, Tensor]:
         """The gate values in [0, 1]: ``mean_channel``/``var_channel`` ``(K,)``, ``mean_batch``/``var_batch`` ``()``."""
-        acc = F.accumulation_dtype(self.mean_gate_logits.dtype)
         return {
-            "mean_channel": torch.sigmoid(self.mean_gate_logits.to(acc)),
-            "var_channel": torch.sigmoid(self.var_gate_logits.to(acc)),
-            "mean_batch": torch.sigmoid(self.mean_batch_logit.to(acc)),
-            "var_batch": torch.sigmoid(self.var_batch_logit.to(acc)),
+            "mean_channel": torch.sigmoid(self.mean_gate_logits),
+            "var_channel": torch.sigmoid(self.var_gate_logits),
+            "mean_batch": torch.sigmoid(self.mean_batch_logit),
+            "var_batch": torch.sigmoid(self.var_batch_logit),
         }
 
     def importance_ratios(self) -> dict[str, dict[str, float]]:
@@ -119,26 +101,20 @@ class DynamicNorm2d(DynNormBase):
             for kind in ("mean", "var")
         }
 
-    def _pool(self, values: Tensor, batch_values: Tensor, batch_gate: Tensor, channel_gates: Tensor) -> Tensor:
-        return kronecker_pool(torch.lerp(values, batch_values.expand_as(values), batch_gate), channel_gates, self.factors)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        if self._is_empty_local_batch(x):
-            return self._empty_output(x)
-        mean_in, var_in, x = F.normalization_moments(x)
-        mean_bn, var_bn = self._batch_statistics(x, mean_in, var_in)
-        gates = {k: v.to(mean_in.dtype) for k, v in self.gates().items()}
-        mean = self._pool(mean_in, mean_bn, gates["mean_batch"], gates["mean_channel"])
-        # Variance under the variance's own pooling matrix A': A'(var) + A'(m1^2) - (A' m1)^2.
-        pooled_mean = self._pool(mean_in, mean_bn, gates["var_batch"], gates["var_channel"])
-        pooled_second = self._pool(var_in + mean_in.square(), var_bn + mean_bn.square(), gates["var_batch"], gates["var_channel"])
-        var = (pooled_second - pooled_mean.square()).clamp_min(0)
-        scale, shift = F.standardize_coefficients(mean, var, self.weight, self.bias, self.eps)
-        return F.scale_shift(x, scale, shift)
+    def _normalize(self, ops: ModuleType, x: Tensor, synchronized: bool) -> Tensor:
+        return ops.dynamic_norm(
+            x, weight=self.weight, bias=self.bias, mean_gate_logits=self.mean_gate_logits,
+            var_gate_logits=self.var_gate_logits, mean_batch_logit=self.mean_batch_logit,
+            var_batch_logit=self.var_batch_logit, factors=self.factors, **self._batch_arguments(synchronized))
 
 
 class SyncDynamicNorm2d(DynamicNorm2d):
-    """:class:`DynamicNorm2d` with BN statistics all-reduced across processes."""
+    """:class:`DynamicNorm2d` with BN statistics synchronized across processes.
 
-    sync_batch_stats_default: ClassVar[bool] = True
+    Examples::
+
+        >>> SyncDynamicNorm2d(8).sync_batch_stats
+        True
+    """
+
+    sync_batch_stats_default = True

@@ -13,6 +13,7 @@ from .dynamic_affine import DynamicNormB2d, DynamicNormC2d, SyncDynamicNormB2d, 
 from .exemplar import ExemplarNorm2d, SyncExemplarNorm2d
 from .sparse import SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SyncSparseSwitchNorm2d
 from .switchable import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, SyncSwitchNorm2d
+from .torch_layers import TORCH_NAMES
 
 LayerType = Union[str, Mapping, Callable[..., nn.Module], type[nn.Module]]
 
@@ -51,18 +52,32 @@ def _canonical(name: str) -> str:
 
 _BY_NAME: dict[str, type[nn.Module]] = {
     **{_canonical(cls.__name__): cls for cls in LAYER_CLASSES},
-    **{_canonical(name): cls for name, cls in SHORT_NAMES.items()},
+    **{_canonical(name): cls for name, cls in {**SHORT_NAMES, **TORCH_NAMES}.items()},
 }
 
 
+class UnknownNormError(KeyError, ValueError):
+    """A norm name the registry does not know; the message lists the known names. A ``KeyError`` (as
+    mmengine's registries raise) and a ``ValueError`` (an invalid option) alike."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def list_norms() -> list[str]:
-    """The short registry names (``'SN'``, ``'EN'``, ...)."""
+    """The short names of dynnorm's layers (``'SN'``, ``'EN'``, ...); :func:`get_norm_layer` also knows
+    ``'BN'`` and ``'GN'``."""
     return list(SHORT_NAMES)
 
 
 def get_norm_layer(layer: LayerType) -> Callable[..., nn.Module]:
-    """Resolve a name (``'SN'``, ``'sync_sn'``, ``'SwitchNorm2d'``, case- and ``_``-insensitive), a config
-    dict ``{'type': name, **kwargs}``, a class or a callable into a callable ``f(num_features, **kw)``."""
+    """Resolve a name into a callable ``f(num_features, **kw)``.
+
+    Accepts a registry name (``'SN'``, ``'sync_sn'``, ``'SwitchNorm2d'``, case- and ``_``-insensitive; also
+    ``'BN'`` for ``nn.BatchNorm2d`` and ``'GN'`` for :class:`~dynnorm.torch_layers.GroupNorm2d`), a config
+    dict ``{'type': name, **kwargs}``, a class or a callable. An unknown name raises
+    :class:`UnknownNormError` listing the known ones.
+    """
     if isinstance(layer, Mapping):
         if "type" not in layer:
             raise KeyError(f"norm config must have a 'type' key, got {dict(layer)!r}")
@@ -73,12 +88,20 @@ def get_norm_layer(layer: LayerType) -> Callable[..., nn.Module]:
         try:
             return _BY_NAME[_canonical(layer)]
         except KeyError:
-            raise KeyError(f"Unknown norm layer {layer!r}; available: {sorted(SHORT_NAMES)}") from None
+            known = sorted({**SHORT_NAMES, **TORCH_NAMES})
+            raise UnknownNormError(f"Unknown norm layer {layer!r}; available: {known}") from None
     if callable(layer):
         return layer
     raise TypeError(f"norm layer must be a name, a config dict, a class or a callable, got {type(layer).__name__}")
 
 
 def create_norm(layer: LayerType, num_features: int, **kwargs) -> nn.Module:
-    """Build a norm layer: ``create_norm('SN', 64, using_bn=False)`` or ``create_norm(dict(type='EN'), 64)``."""
+    """Build a norm layer: ``create_norm('SN', 64, using_bn=False)``, ``create_norm(dict(type='EN'), 64)``,
+    ``create_norm('GN', 64, num_groups=16)``.
+
+    Examples::
+
+        >>> create_norm('GN', 24)
+        GroupNorm2d(8, 24, eps=1e-05, affine=True)
+    """
     return get_norm_layer(layer)(num_features, **kwargs)

@@ -5,58 +5,16 @@ https://arxiv.org/abs/1903.03793.
 """
 from __future__ import annotations
 
-import math
-from typing import ClassVar
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
+from .functional import accumulation_dtype, one_hot_of_argmax, sparsemax, sparsestmax
 from .switchable import _SwitchNorm
 
-
-def sparsemax(logits: Tensor) -> Tensor:
-    """Euclidean projection of a 1-D vector onto the probability simplex (Martins & Astudillo, 2016)."""
-    sorted_logits, _ = torch.sort(logits, descending=True)
-    ranks = torch.arange(1, logits.numel() + 1, device=logits.device, dtype=logits.dtype)
-    cumulative = sorted_logits.cumsum(0) - 1
-    support_size = (sorted_logits - cumulative / ranks > 0).sum()
-    threshold = cumulative[support_size - 1] / support_size.to(logits.dtype)
-    return (logits - threshold).clamp_min(0)
-
-
-def is_one_hot(p: Tensor, tol: float = 1e-6) -> bool:
-    return bool(p.detach().max() >= 1 - tol)
-
-
-def sparsestmax(logits: Tensor, radius: float) -> Tensor:
-    """SparsestMax: sparsemax pushed away from the centre of its face onto a circle of ``radius``.
-
-    ``radius=0`` is plain sparsemax; as the radius grows towards ``sqrt((K-1)/K)`` (the centre-to-vertex
-    distance of the simplex) the output becomes one-hot. Each round either returns or removes at least
-    one coordinate from the support (projecting the point back with sparsemax, on the smaller face with the
-    radius reduced by the distance between the two face centres), so at most ``K`` rounds run.
-    """
-    if not torch.isfinite(logits).all():
-        raise ValueError(f"sparsestmax got non-finite logits {logits.tolist()}")
-    p = sparsemax(logits)
-    previous_centre = None
-    for _ in range(logits.numel()):
-        if is_one_hot(p):
-            return p
-        support = (p > 0).to(p.dtype)
-        centre = support / support.sum()
-        if previous_centre is not None:
-            radius = math.sqrt(max(radius**2 - float((centre - previous_centre).square().sum()), 0.0))
-        offset = p - centre
-        distance = offset.norm()
-        if float(distance.detach()) == 0.0 or float(distance.detach()) >= radius:
-            return p
-        pushed = centre + radius * offset / distance
-        if float(pushed.detach().min()) >= 0:
-            return pushed.clamp(0, 1)
-        p, previous_centre = sparsemax(pushed), centre
-    return p
+__all__ = ["SparseSwitchNorm1d", "SparseSwitchNorm2d", "SparseSwitchNorm3d", "SyncSparseSwitchNorm2d",
+           "set_sparsestmax_radius", "sparsemax", "sparsestmax"]
 
 
 class _SparseSwitchNorm(_SwitchNorm):
@@ -66,92 +24,97 @@ class _SparseSwitchNorm(_SwitchNorm):
         w = \mathrm{sparsestmax}(\lambda, r),\quad w' = \mathrm{sparsestmax}(\lambda', r)
 
     The radius ``r`` grows during training (the authors use ``r = iteration / total_iterations``; call
-    :func:`set_sparsestmax_radius` on the model every step). When a mixture becomes one-hot it is frozen:
-    the logits are overwritten with the one-hot vector, ``mean_fixed``/``var_fixed`` are set, and the
-    logits no longer receive gradients. A layer whose two mixtures froze on the same normalizer is that
-    torch layer (:func:`dynnorm.revert`). Statistics, buffers and arguments as :class:`SwitchNorm2d`.
+    :func:`set_sparsestmax_radius` on the model every step, or use the Lightning callback
+    ``SparsestMaxRadiusSchedule``). When a mixture becomes one-hot in a training step (training mode with
+    gradients enabled) it is frozen: the logits are overwritten with the one-hot vector, ``mean_fixed`` /
+    ``var_fixed`` are set, and from then on the mixture is the one-hot vector of the logits' argmax, which
+    receives no gradient (``grad`` stays ``None`` in eager mode, so optimizers leave it alone, as the authors
+    arrange). A layer whose two mixtures froze on the same normalizer is that torch layer
+    (:func:`dynnorm.revert`). Statistics, buffers and arguments as :class:`SwitchNorm2d`.
 
-    Confirmed from the authors' code: SparsestMax, the linear radius schedule, freezing once one-hot.
-    Choices here: for inputs with a single value per (n, c) the IN weight is dropped and the rest
-    renormalized (an error if IN alone was selected); the authors' optimizer treatment of the logits (lr/10, no weight decay,
-    gradient clipping) is left to the training code (:func:`dynnorm.param_groups`).
+    .. note::
+        Confirmed from the authors' code: SparsestMax, the linear radius schedule, freezing once one-hot, and
+        the optimizer treatment of the logits (lr/10, no weight decay, gradient norm clipped to 1;
+        :func:`dynnorm.param_groups` and :func:`dynnorm.clip_mixture_grad_norm`) and running-statistics decay
+        0.997 (``momentum=0.003``). Choices here: freezing happens only in training steps with gradients
+        enabled (a no-grad training-mode pass, as in :func:`dynnorm.recalibrate`, changes no parameter); for
+        inputs with a single value per (n, c) the IN weight is dropped and the rest renormalized (an error if
+        IN alone was selected).
 
     Shape:
         - Input: ``(N, C, *)`` (rank fixed by the subclass); Output: same shape and dtype.
+
+    Examples::
+
+        >>> layer = SparseSwitchNorm2d(16)
+        >>> set_sparsestmax_radius(layer, 0.5)
+        >>> layer(torch.randn(2, 16, 8, 8)).shape
+        torch.Size([2, 16, 8, 8])
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        using_bn: bool = True,
-        sync_batch_stats: bool | None = None,
-        process_group: object | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, using_bn, sync_batch_stats, process_group,
-            device, dtype,
-        )
-        self.register_buffer("radius", torch.zeros((), device=device, dtype=dtype))
-        self.register_buffer("mean_fixed", torch.zeros((), dtype=torch.bool, device=device))
-        self.register_buffer("var_fixed", torch.zeros((), dtype=torch.bool, device=device))
-
-    def _select(self, logits: nn.Parameter, fixed: Tensor) -> Tensor:
-        acc = F.accumulation_dtype(logits.dtype)
-        if bool(fixed):
-            return logits.detach().to(acc)
-        weights = sparsestmax(logits.to(acc), float(self.radius))
-        if self.training and is_one_hot(weights):
-            with torch.no_grad():
-                logits.copy_(torch.nn.functional.one_hot(weights.argmax(), logits.numel()).to(logits.dtype))
-                fixed.fill_(True)
-            return logits.detach().to(acc)
-        return weights
+    def __init__(self, num_features: int, *args, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        factory = {"device": kwargs.get("device")}
+        self.register_buffer("radius", torch.zeros((), dtype=kwargs.get("dtype"), **factory))
+        self.register_buffer("mean_fixed", torch.zeros((), dtype=torch.bool, **factory))
+        self.register_buffer("var_fixed", torch.zeros((), dtype=torch.bool, **factory))
 
     def mixture_weights(self, single_value: bool = False) -> tuple[Tensor, Tensor]:
-        weights = self._select(self.mean_weight, self.mean_fixed), self._select(self.var_weight, self.var_fixed)
-        if single_value:
-            weights = tuple(self._without_instance_term(w) for w in weights)
-        return weights
+        weights = []
+        for logits, fixed in ((self.mean_weight, self.mean_fixed), (self.var_weight, self.var_fixed)):
+            acc = accumulation_dtype(logits.dtype)
+            selected = torch.where(fixed, one_hot_of_argmax(logits.detach().to(acc)),
+                                   sparsestmax(logits.to(acc), self.radius.to(acc)))
+            if single_value:
+                selected = torch.cat([selected.new_zeros(1), selected[1:]]) / selected[1:].sum()
+            weights.append(selected)
+        return weights[0], weights[1]
 
-    def _without_instance_term(self, weights: Tensor) -> Tensor:
-        """Renormalize a mixture without IN (undefined for one value per (n, c))."""
-        kept = weights.masked_fill(torch.arange(weights.numel(), device=weights.device) == 0, 0.0)
-        total = kept.sum()
-        if float(total.detach()) == 0.0:
-            raise ValueError(
-                f"{type(self).__name__} selected IN only, which is undefined for inputs with one value per "
-                "(sample, channel)"
-            )
-        return kept / total
+    def _normalize(self, ops: ModuleType, x: Tensor, synchronized: bool) -> Tensor:
+        return ops.sparse_switch_norm(
+            x, weight=self.weight, bias=self.bias, mean_weight=self.mean_weight, var_weight=self.var_weight,
+            radius=self.radius, mean_fixed=self.mean_fixed, var_fixed=self.var_fixed,
+            freeze=self.training and torch.is_grad_enabled(), **self._batch_arguments(synchronized))
 
 
 class SparseSwitchNorm1d(_SparseSwitchNorm):
-    """Sparse Switchable Normalization over ``(N, C, L)`` inputs; see :class:`SparseSwitchNorm2d`."""
+    """Sparse Switchable Normalization over ``(N, C)`` or ``(N, C, L)`` inputs; see :class:`SparseSwitchNorm2d`.
 
-    input_ranks = (3,)
+    Examples::
+
+        >>> SparseSwitchNorm1d(16)(torch.randn(4, 16)).shape
+        torch.Size([4, 16])
+    """
+
+    input_ranks = (2, 3)
 
 
 class SparseSwitchNorm2d(_SparseSwitchNorm):
     __doc__ = _SparseSwitchNorm.__doc__
-    input_ranks = (4,)
 
 
 class SparseSwitchNorm3d(_SparseSwitchNorm):
-    """Sparse Switchable Normalization over ``(N, C, D, H, W)`` inputs; see :class:`SparseSwitchNorm2d`."""
+    """Sparse Switchable Normalization over ``(N, C, D, H, W)`` inputs; see :class:`SparseSwitchNorm2d`.
+
+    Examples::
+
+        >>> SparseSwitchNorm3d(8)(torch.randn(2, 8, 3, 4, 4)).shape
+        torch.Size([2, 8, 3, 4, 4])
+    """
 
     input_ranks = (5,)
 
 
 class SyncSparseSwitchNorm2d(SparseSwitchNorm2d):
-    """:class:`SparseSwitchNorm2d` with BN statistics all-reduced across processes."""
+    """:class:`SparseSwitchNorm2d` with BN statistics synchronized across processes.
 
-    sync_batch_stats_default: ClassVar[bool] = True
+    Examples::
+
+        >>> SyncSparseSwitchNorm2d(8).sync_batch_stats
+        True
+    """
+
+    sync_batch_stats_default = True
 
 
 def set_sparsestmax_radius(model: nn.Module, radius: float) -> None:

@@ -48,7 +48,7 @@ def _sn(layer, x):
 
 def _en(layer, x):
     return ref.exemplar_norm(x, layer.weight, layer.bias, layer.ratio_w1, layer.ratio_b1, layer.ratio_w2,
-                             layer.ratio_bias, layer.eps, *_running(layer))
+                             layer.ratio_b2, layer.eps, *_running(layer))
 
 
 def _dn(layer, x):
@@ -74,7 +74,7 @@ CASES = [
     Case("SN", lambda c, **kw: dynnorm.SwitchNorm2d(c, **kw), _sn),
     Case("SN-noBN", lambda c, **kw: dynnorm.SwitchNorm2d(c, using_bn=False, **kw), _sn, batch_statistics=False),
     Case("SSN", lambda c, **kw: dynnorm.SparseSwitchNorm2d(c, **kw), None),
-    Case("EN", lambda c, **kw: dynnorm.ExemplarNorm2d(c, reduction=4, **kw), _en),
+    Case("EN", lambda c, **kw: dynnorm.ExemplarNorm2d(c, **kw), _en),
     Case("DN", lambda c, **kw: dynnorm.DynamicNorm2d(c, **kw), _dn),
     Case("DNB", lambda c, **kw: dynnorm.DynamicNormB2d(c, reduction=4, **kw), _dn_affine(True)),
     Case("DNC", lambda c, **kw: dynnorm.DynamicNormC2d(c, reduction=4, **kw), _dn_affine(False)),

@@ -40,14 +40,18 @@ def switch_norm(x, weight, bias, mean_logits, var_logits, eps, running_mean=None
     return _affine((x - mean) / torch.sqrt(var + eps), weight, bias)
 
 
-def exemplar_norm(x, weight, bias, w1, b1, w2, ratio_bias, eps, running_mean=None, running_var=None):
-    """EN: per-sample softmax ratios (from [mu_IN; sigma_IN]) mixing IN-, LN- and BN-normalized outputs."""
+def exemplar_norm(x, weight, bias, w1, b1, w2, b2, eps, running_mean=None, running_var=None):
+    """EN: per-sample softmax ratios from the descriptor [(mu_IN - mu_BN) / s_BN; s_IN / s_BN - 1], mixing
+    IN-, LN- and BN-normalized outputs (s = sqrt(var + eps))."""
     n, c = x.shape[:2]
     mean_in, var_in = _stats(x, (2, 3))
-    descriptor = torch.cat([mean_in.view(n, c), torch.sqrt(var_in.view(n, c) + eps)], 1)
-    ratios = torch.softmax(torch.relu(descriptor @ w1.T + b1) @ w2.T + ratio_bias, 1)
+    mean_bn, var_bn = batch_stats(x, running_mean, running_var)
+    s_bn = torch.sqrt(var_bn.view(1, c) + eps)
+    descriptor = torch.cat([(mean_in.view(n, c) - mean_bn.view(1, c)) / s_bn,
+                            torch.sqrt(var_in.view(n, c) + eps) / s_bn - 1], 1)
+    ratios = torch.softmax(torch.relu(descriptor @ w1.T + b1) @ w2.T + b2, 1)
     outputs = [(x - m) / torch.sqrt(v + eps) for m, v in
-               (_stats(x, (2, 3)), _stats(x, (1, 2, 3)), batch_stats(x, running_mean, running_var))]
+               (_stats(x, (2, 3)), _stats(x, (1, 2, 3)), (mean_bn, var_bn))]
     mixed = sum(ratios[:, k].view(n, 1, 1, 1) * out for k, out in enumerate(outputs))
     return _affine(mixed, weight, bias)
 

@@ -142,20 +142,26 @@ def test_dynamic_affine_norm_starts_as_batchnorm(cls):
     torch.testing.assert_close(layer(x), bn(x))
 
 
+def _generated_scale(layer, x):
+    """The per-(n, c) scale DN-B/DN-C apply to the BN-standardized input: (y - y(mean_BN)) / x_hat."""
+    mean = x.mean((0, 2, 3), keepdim=True)
+    standardized = (x - mean) / torch.sqrt(x.var((0, 2, 3), unbiased=False, keepdim=True) + layer.eps)
+    return ((layer(x) - layer.bias.view(1, -1, 1, 1)) / standardized).mean((2, 3))
+
+
 def test_dn_b_scale_is_per_sample_and_dn_c_per_batch():
     x = _x()
     for cls, per_sample in ((dynnorm.DynamicNormB2d, True), (dynnorm.DynamicNormC2d, False)):
         layer = randomize(cls(8, dtype=torch.float64))
-        mean_in, var_in = dynnorm.functional.instance_moments(x)
-        stats = layer.sc_input(mean_in, var_in, *dynnorm.functional.pooled_moments(mean_in, var_in, dim=0))
-        delta_gamma, delta_beta = layer.generate_affine(stats)
-        assert delta_gamma.shape == ((4, 8) if per_sample else (1, 8))
-        assert delta_gamma.abs().max() < 1 and delta_beta.abs().max() < 1
-        # DN-B's input does not depend on the input's scale
-        if per_sample:
-            mean_in, var_in = dynnorm.functional.instance_moments(1000 * x)
-            scaled = layer.sc_input(mean_in, var_in, *dynnorm.functional.pooled_moments(mean_in, var_in, dim=0))
-            torch.testing.assert_close(scaled, stats, rtol=1e-6, atol=1e-6)
+        with torch.no_grad():
+            layer.sc_b2[8:].zero_(), layer.sc_w2[8:].zero_()  # no generated shift: y - bias = gamma' x_hat
+        scale = _generated_scale(layer, x)
+        gamma_change = scale - layer.weight
+        assert gamma_change.abs().max() < 1 and gamma_change.abs().max() > 1e-3  # tanh-bounded, not zero
+        spread = (scale - scale[:1]).abs().max()
+        assert (spread > 1e-3) if per_sample else (spread < 1e-9)
+        if per_sample:  # DN-B's generator input does not depend on the input's offset or scale
+            torch.testing.assert_close(_generated_scale(layer, 1000 * x + 50), scale, rtol=1e-6, atol=1e-6)
 
 
 def test_associate_norm_without_decoders_is_group_norm():
@@ -168,11 +174,13 @@ def test_associate_norm_without_decoders_is_group_norm():
 
 
 def test_associate_norm_initial_scale_is_about_one_and_a_half():
-    layer = dynnorm.AssociateNorm2d(64)
-    omega, beta = layer.rescaling(*dynnorm.functional.group_moments(
-        *dynnorm.functional.instance_moments(torch.randn(4, 64, 8, 8)), 32))
-    assert ((omega + layer.weight[::2]) > 1).all() and ((omega + 1) < 2).all()
-    assert ((beta > -1) & (beta < 1)).all()
+    layer = dynnorm.AssociateNorm2d(64, dtype=torch.float64)
+    x = _x((4, 64, 8, 8))
+    standardized = tF.group_norm(x, 32, eps=layer.eps)
+    with torch.no_grad():
+        shift = layer(torch.zeros_like(x) + x.mean((1, 2, 3), keepdim=True))  # constant groups: y = beta
+        omega = (layer(x) - shift).flatten(2).std(2) / standardized.flatten(2).std(2)
+    assert ((omega > 1) & (omega < 2)).all()
     assert layer.embedding_size == 2  # M = G / 16, the paper's parameter count
 
 
@@ -185,7 +193,7 @@ def test_associate_norm_is_batch_independent():
 def test_exemplar_norm_with_uniform_ratios_mixes_normalized_outputs():
     layer = randomize(dynnorm.ExemplarNorm2d(8, dtype=torch.float64))
     with torch.no_grad():
-        layer.ratio_w2.zero_(), layer.ratio_bias.zero_()
+        layer.ratio_w2.zero_(), layer.ratio_b2.zero_()
     x = _x()
     plain = _torch_outputs(layer, x)
     affine = lambda y: y * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)  # noqa: E731
@@ -194,12 +202,26 @@ def test_exemplar_norm_with_uniform_ratios_mixes_normalized_outputs():
     assert layer.importance_ratios()["ratio"] == pytest.approx({"IN": 1 / 3, "LN": 1 / 3, "BN": 1 / 3})
 
 
-def test_exemplar_ratios_differ_between_samples():
+def _exemplar_ratios(layer, x):
+    """EN's per-sample ratios, read off its output: y_n = gamma * sum_k r_nk x_hat_k + beta is linear in the
+    ratios, so with the three normalized outputs known they follow by least squares."""
+    plain = _torch_outputs(layer, x)
+    standardized = torch.stack([(plain[k] - layer.bias.view(1, -1, 1, 1)) / layer.weight.view(1, -1, 1, 1)
+                                for k in range(3)], -1)
+    target = ((layer(x) - layer.bias.view(1, -1, 1, 1)) / layer.weight.view(1, -1, 1, 1))
+    return torch.stack([torch.linalg.lstsq(standardized[n].reshape(-1, 3), target[n].reshape(-1, 1)).solution[:, 0]
+                        for n in range(x.shape[0])])
+
+
+def test_exemplar_ratios_differ_between_samples_and_ignore_offset_and_scale():
     layer = randomize(dynnorm.ExemplarNorm2d(8, dtype=torch.float64))
-    ratios = layer.ratios(*dynnorm.functional.instance_moments(_x()))
-    assert ratios.shape == (4, 3)
+    x = _x()
+    ratios = _exemplar_ratios(layer, x)
+    assert ratios.shape == (4, 3) and (ratios > 0).all()
     torch.testing.assert_close(ratios.sum(1), torch.ones(4, dtype=torch.float64))
     assert (ratios[0] - ratios[1]).abs().max() > 1e-3
+    # the head sees statistics relative to the batch: an input offset or scale does not move the ratios
+    torch.testing.assert_close(_exemplar_ratios(layer, 300 * x + 1e4), ratios, rtol=1e-5, atol=1e-6)
 
 
 def test_sparsemax_and_sparsestmax():

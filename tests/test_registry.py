@@ -17,7 +17,7 @@ def test_every_short_name_builds_a_working_layer(name):
     documented = type(layer).__mro__[1] if name.startswith("Sync") else type(layer)
     assert "Confirmed" in documented.__doc__  # every method says what is confirmed and what is interpreted
     if name.startswith("Sync"):
-        assert "all-reduced across processes" in type(layer).__doc__
+        assert "synchronized across processes" in type(layer).__doc__
 
 
 @pytest.mark.parametrize("spelling", ["SN", "sn", "switch_norm_2d", "SwitchNorm2d", "switchnorm2d"])
@@ -26,8 +26,8 @@ def test_names_are_case_and_underscore_insensitive(spelling):
 
 
 def test_config_dicts_classes_and_sync_names():
-    layer = dynnorm.create_norm(dict(type="EN", reduction=8), 64)
-    assert isinstance(layer, dynnorm.ExemplarNorm2d) and layer.reduction == 8
+    layer = dynnorm.create_norm(dict(type="EN", hidden_size=8), 64)
+    assert isinstance(layer, dynnorm.ExemplarNorm2d) and layer.hidden_size == 8
     assert isinstance(dynnorm.create_norm(dynnorm.DynamicNorm2d, 16), dynnorm.DynamicNorm2d)
     synced = dynnorm.create_norm("SyncSN", 16)
     assert synced.sync_batch_stats and not dynnorm.create_norm("SN", 16).sync_batch_stats
