@@ -19,9 +19,11 @@ pytest.importorskip("pycocotools")
 pytest.importorskip("matplotlib")
 
 import dynnorm.integrations.mmengine  # noqa: E402,F401
-from dynnorm.integrations.mm_runtime import replace_data_root  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+
+from tools.mm_checkpoint import load_weights_only  # noqa: E402
+from tools.mm_runtime import replace_data_root  # noqa: E402
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 
@@ -100,7 +102,8 @@ def test_checkpoint_resume_continues_at_the_saved_iteration(tmp_path):
     assert "Iter(train) [4/4]" in first
     saved = work_dir / "iter_2.pth"
 
-    # The problem being solved: torch >= 2.6 refuses a Runner checkpoint with its default weights_only=True.
+    # torch >= 2.6 refuses a Runner checkpoint with its default weights_only=True; tools/train.py resumes from it
+    # weights-only too, with the classes mmengine writes allowed, so without --trust-checkpoint.
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(saved)
     (work_dir / "iter_4.pth").unlink()
@@ -110,7 +113,7 @@ def test_checkpoint_resume_continues_at_the_saved_iteration(tmp_path):
     logged = [int(i) for i in re.findall(r"Iter\(train\) \[(\d)/4\]", resumed)]
     assert logged == [3, 4]
 
-    final = torch.load(work_dir / "iter_4.pth", weights_only=False)
+    final = load_weights_only(work_dir / "iter_4.pth")
     assert final["meta"]["iter"] == 4
     history = json.loads((log_dir(work_dir) / "importance_ratios.json").read_text())["history"]
     assert [entry["iter"] for entry in history] == [0, 1, 2, 3, 4]  # carried through the checkpoint

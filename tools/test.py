@@ -1,11 +1,14 @@
 """Evaluate a checkpoint of an mmdet or mmseg model on the config's test set, with mmengine's Runner.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--data-root DIR] [--metrics-json FILE]
-                                           [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+    python tools/test.py CONFIG CHECKPOINT [--trust-checkpoint] [--work-dir DIR] [--data-root DIR]
+                                           [--metrics-json FILE] [--cfg-options KEY=VALUE ...]
+                                           [--launcher {none,pytorch,slurm,mpi}]
 
 Prints the test metrics (COCO bbox/segm mAP for detection, mIoU for segmentation) through mmengine's logger and,
-with ``--metrics-json``, writes them as JSON. Checkpoints written by tools/train.py load under torch >= 2.6 (see
-``dynnorm.integrations.mm_checkpoint``); only load checkpoints you trust.
+with ``--metrics-json``, writes them as JSON. CHECKPOINT loads weights-only, mmengine's own checkpoint classes
+allowed (``tools/mm_checkpoint.py``): checkpoints of tools/train.py load under torch >= 2.6 without running code
+from the file. A checkpoint that needs more is refused unless ``--trust-checkpoint`` (or ``trust_checkpoint =
+True`` in the config) declares it trusted.
 """
 from __future__ import annotations
 
@@ -17,13 +20,17 @@ from pathlib import Path
 from mmengine.config import DictAction
 from mmengine.dist import get_rank
 
-from train import build_runner, ensure_synthetic_dataset, load_config
+from train import build_runner, ensure_synthetic_dataset, load_config  # also puts the repository on sys.path
+from tools.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Test a detector or segmentor checkpoint with mmengine's Runner")
     parser.add_argument("config", help="config file (mmdet or mmseg)")
     parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load CHECKPOINT with weights_only=False, which runs code from its pickle: only for "
+                             "files you trust (config key: trust_checkpoint = True)")
     parser.add_argument("--work-dir", help="folder for the logs (default: work_dirs/<config name>)")
     parser.add_argument("--data-root", help="dataset folder replacing the config's data_root everywhere")
     parser.add_argument("--metrics-json", help="also write the metrics to this JSON file")
@@ -42,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    install_checkpoint_loader(trusted_checkpoints(cfg))
     runner = build_runner(cfg)
     ensure_synthetic_dataset(cfg)
     metrics = runner.test()

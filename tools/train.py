@@ -1,6 +1,6 @@
 """Train an mmdet or mmseg model from a config, with mmengine's Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--data-root DIR] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--trust-checkpoint] [--data-root DIR] [--amp]
                                  [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
     torchrun --nproc_per_node=8 tools/train.py CONFIG --launcher pytorch     # multi-GPU (or multi-process CPU)
@@ -9,7 +9,9 @@ Configs load dynnorm through ``custom_imports``; this script imports it as well,
 with ``norm_cfg=dict(type='SN')`` work too. It also:
 
 - generates the synthetic shapes dataset first when the config asks for it (``synthetic_shapes = dict(root=...)``);
-- makes ``--resume``/``load_from`` work under torch >= 2.6 (see ``dynnorm.integrations.mm_checkpoint``);
+- loads checkpoints weights-only, mmengine's own checkpoint classes allowed, so ``--resume``/``load_from`` work
+  under torch >= 2.6 without running code from the file; ``--trust-checkpoint`` (or ``trust_checkpoint = True``
+  in the config) loads the resumed/``load_from`` checkpoint as a full pickle (``tools/mm_checkpoint.py``);
 - with ``--launcher pytorch`` and no CUDA, uses the gloo backend and CPU DDP.
 
 Offline, configs whose backbone starts from ``torchvision://``/``open-mmlab://`` weights need either the file in
@@ -29,10 +31,14 @@ from mmengine.dist import barrier, get_rank
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor, loader)
-from dynnorm.integrations.mm_runtime import adapt_distributed_to_cpu, replace_data_root
+import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # the repository-level `tools` and `tasks` packages, as mmdet's dist_train.sh does
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tools.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints  # noqa: E402
+from tools.mm_runtime import adapt_distributed_to_cpu, replace_data_root  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
                         help="resume from CKPT, or from the latest checkpoint of the work dir when CKPT is omitted")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load the resumed or load_from checkpoint with weights_only=False, which runs code "
+                             "from its pickle: only for files you trust (config key: trust_checkpoint = True)")
     parser.add_argument("--data-root", help="dataset folder replacing the config's data_root everywhere")
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision (AmpOptimWrapper)")
     parser.add_argument("--auto-scale-lr", action="store_true",
@@ -66,6 +75,8 @@ def load_config(args: argparse.Namespace) -> Config:
         replace_data_root(cfg, args.data_root)
         if "synthetic_shapes" in cfg:
             cfg.synthetic_shapes.root = args.data_root
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
@@ -79,8 +90,6 @@ def ensure_synthetic_dataset(cfg: Config) -> None:
     if "synthetic_shapes" not in cfg:
         return
     if get_rank() == 0:
-        if str(REPO_ROOT) not in sys.path:  # the repository-level `tasks` package, as mmdet's dist_train.sh does
-            sys.path.insert(0, str(REPO_ROOT))
         from tasks.synthetic_shapes import ShapesSpec, ensure_dataset
 
         options = dict(cfg.synthetic_shapes)
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    install_checkpoint_loader(trusted_checkpoints(cfg))
     runner = build_runner(cfg)
     ensure_synthetic_dataset(cfg)
     runner.train()
