@@ -3,17 +3,21 @@
 For every shape, dtype and mode (training forward+backward, training forward, evaluation forward) all
 layers are built once, warmed up, then timed **interleaved**: each repeat times every layer once, in a
 fresh random order, so that load from other jobs on a shared machine hits every layer alike; the figure
-is the median over the repeats, and ratios are taken against ``nn.BatchNorm2d`` timed in the same
-rounds. Columns: the layer as shipped ("fast"), the same layer with the fused kernels switched off
-(``dynnorm.functional.set_fast_path(False)``, "reference ops") for the SN family, and the layer under
+is the median over the repeats, and the ratio to ``nn.BatchNorm2d`` is the median over the repeats of the
+ratio within a repeat. Columns: the layer as shipped ("fast"), the same layer with the fused kernels
+switched off (``dynnorm.fast_path(False)``, "reference ops") for the SN family, and the layer under
 ``torch.compile`` (``--compile``). "SN (published)" is :class:`PublishedSwitchNorm2d` below, the SN
 equations (Luo et al., ICLR 2019) written as straightforward PyTorch ops. Memory: bytes of the tensors
 saved for backward (unique storages, ``torch.autograd.graph.saved_tensors_hooks``) and the peak of
 memory allocated during forward+backward, both relative to the input's size.
 
+The small-batch shapes (``--small-shapes``, default 2x32x14x14), where per-call overhead rather than
+memory traffic decides, get their own table with more repeats (``--small-repeats``) and the number of
+ATen ops one training forward+backward dispatches (``torch.profiler``; nested ops included).
+
 Examples::
 
-    python tools/benchmark.py                                  # CPU float32, the three issue shapes
+    python tools/benchmark.py                                  # CPU float32, the issue shapes, 1 thread
     python tools/benchmark.py --compile --dtypes float32 bfloat16
     python tools/benchmark.py --device cuda --dtypes bfloat16 --compile
 
@@ -41,9 +45,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import dynnorm  # noqa: E402
-from dynnorm.functional import fast_path  # noqa: E402
 
 DEFAULT_SHAPES = ((8, 64, 56, 56), (2, 256, 32, 32), (32, 128, 28, 28))
+DEFAULT_SMALL_SHAPES = ((2, 32, 14, 14),)
 MODES = ("train fwd+bwd", "train fwd", "eval fwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -123,11 +127,12 @@ class WithoutFastPath(nn.Module):
         self.layer = layer
 
     def forward(self, x: Tensor) -> Tensor:
-        with fast_path(False):
+        with dynnorm.fast_path(False):
             return self.layer(x)
 
 
 PER_SAMPLE_FLOOR = "per-sample floor"  # timed in "eval fwd" only, never compiled
+OP_NAMESPACES = ("aten", "dynnorm")  # counted at the small-batch shapes: PyTorch's ops and this package's own
 
 
 def layer_factories() -> dict[str, Callable[[int], nn.Module]]:
@@ -301,6 +306,87 @@ def time_interleaved(
     return times
 
 
+def per_round_ratios(samples: list[float], base: list[float]) -> list[float]:
+    """``samples[i] / base[i]``: the ratio within each round of :func:`time_interleaved`."""
+    return [t / b for t, b in zip(samples, base)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile of ``values``."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 4], statistics.median(ordered), ordered[(3 * len(ordered)) // 4]
+
+
+def op_counts(step: Callable[[], None]) -> dict[str, int]:
+    """``{namespace: events}`` that ``torch.profiler`` records in one call of ``step``, per :data:`OP_NAMESPACES`.
+
+    Nested ops are included (``aten::batch_norm`` and the ``aten::native_batch_norm`` it calls count twice).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    step()  # first-call work (lazy initialisation, caches) is not counted
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    names = [event.name for event in prof.events()]
+    return {namespace: sum(1 for n in names if n.startswith(namespace + "::")) for namespace in OP_NAMESPACES}
+
+
+def benchmark_shape(
+    args: argparse.Namespace, device: torch.device, dtype_name: str, shape: tuple[int, ...], names: list[str],
+    small_batch: bool,
+) -> list[dict]:
+    """Records of every layer and mode at one shape; a ``small_batch`` shape gets ``--small-repeats`` rounds and
+    the ATen-op count of every training forward+backward."""
+    dtype = DTYPES[dtype_name]
+    x = torch.randn(shape, device=device, dtype=dtype)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad = torch.randn_like(x)
+    compile_layers = (args.compile_layers or names) if args.compile and dtype_name in args.compile_dtypes else []
+    layers = build_layers(names, shape[1], device, dtype, compile_layers, not args.no_reference_ops)
+    memory = {}
+    for (name, impl), layer in layers.items():
+        if impl != "fast" or name == PER_SAMPLE_FLOOR:
+            continue
+        layer.train()
+        memory[name] = (saved_tensor_bytes(layer, x), peak_memory_bytes(layer, x, grad))
+    repeats = args.small_repeats if small_batch else args.repeats
+    records = []
+    for mode in args.modes:
+        steps = {}
+        for key, layer in layers.items():
+            if key[0] == PER_SAMPLE_FLOOR and mode != "eval fwd":
+                continue
+            layer.train(mode != "eval fwd")
+            steps[key] = make_step(layer, x, grad, mode)
+        count_ops = small_batch and mode == "train fwd+bwd"
+        ops = {key: op_counts(step) for key, step in steps.items()} if count_ops else {}
+        times = time_interleaved(steps, device, repeats, args.inner, args.warmup)
+        for (name, impl), samples in times.items():
+            q1, median, q3 = quartiles(samples)
+            record = {
+                "device": device.type, "dtype": dtype_name, "shape": list(shape), "mode": mode,
+                "layer": name, "impl": impl, "small_batch": small_batch, "median_ms": median * 1e3,
+                "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
+                "ratio_bn": statistics.median(per_round_ratios(samples, times[("BN", "fast")])),
+                "ratio_gn": statistics.median(per_round_ratios(samples, times[("GN", "fast")])),
+            }
+            if (name, impl) in ops:
+                record.update({f"{namespace}_ops": n for namespace, n in ops[(name, impl)].items()})
+            if impl == "fast" and mode == "train fwd+bwd":
+                saved, peak = memory[name]
+                record["saved_over_input"] = saved / x.nbytes
+                record["peak_over_input"] = None if peak is None else peak / x.nbytes
+            records.append(record)
+        print(
+            f"{device.type} {dtype_name} {tuple(shape)} {mode}: "
+            + ", ".join(f"{r['layer']}/{r['impl']}={r['ratio_bn']:.2f}x" for r in records if r["mode"] == mode),
+            flush=True,
+        )
+    return records
+
+
 def run(args: argparse.Namespace, save: Callable[[dict], None] | None = None) -> dict:
     """Benchmark everything ``args`` asks for; ``save(result)`` is called after every shape (partial results)."""
     device = torch.device(args.device)
@@ -308,55 +394,12 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] | None = None) ->
     if args.threads:
         torch.set_num_threads(args.threads)
     names = list(layer_factories()) if not args.layers else ["BN", "GN", *[n for n in args.layers if n not in ("BN", "GN")]]
+    plan = [(shape, False) for shape in args.shapes] + [(shape, True) for shape in args.small_shapes]
     records = []
     started = time.time()
     for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
-        for shape in args.shapes:
-            channels = shape[1]
-            x = torch.randn(shape, device=device, dtype=dtype)
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x.requires_grad_()
-            grad = torch.randn_like(x)
-            compile_layers = (args.compile_layers or names) if args.compile and dtype_name in args.compile_dtypes else []
-            layers = build_layers(names, channels, device, dtype, compile_layers, not args.no_reference_ops)
-            input_bytes = x.nbytes
-            memory = {}
-            for (name, impl), layer in layers.items():
-                if impl != "fast" or name == PER_SAMPLE_FLOOR:
-                    continue
-                layer.train()
-                memory[name] = (saved_tensor_bytes(layer, x), peak_memory_bytes(layer, x, grad))
-            for mode in args.modes:
-                steps = {}
-                for key, layer in layers.items():
-                    if key[0] == PER_SAMPLE_FLOOR and mode != "eval fwd":
-                        continue
-                    layer.train(mode != "eval fwd")
-                    steps[key] = make_step(layer, x, grad, mode)
-                times = time_interleaved(steps, device, args.repeats, args.inner, args.warmup)
-                medians = {key: statistics.median(v) for key, v in times.items()}
-                base_bn = medians[("BN", "fast")]
-                base_gn = medians[("GN", "fast")]
-                for (name, impl), median in medians.items():
-                    values = sorted(times[(name, impl)])
-                    record = {
-                        "device": device.type, "dtype": dtype_name, "shape": list(shape), "mode": mode,
-                        "layer": name, "impl": impl, "median_ms": median * 1e3,
-                        "q1_ms": values[len(values) // 4] * 1e3, "q3_ms": values[(3 * len(values)) // 4] * 1e3,
-                        "ratio_bn": median / base_bn, "ratio_gn": median / base_gn,
-                    }
-                    if impl == "fast" and mode == "train fwd+bwd":
-                        saved, peak = memory[name]
-                        record["saved_over_input"] = saved / input_bytes
-                        record["peak_over_input"] = None if peak is None else peak / input_bytes
-                    records.append(record)
-                print(
-                    f"{device.type} {dtype_name} {tuple(shape)} {mode}: "
-                    + ", ".join(f"{n}/{i}={r:.2f}x" for (n, i), r in ((k, medians[k] / base_bn) for k in medians)),
-                    flush=True,
-                )
+        for shape, small_batch in plan:
+            records += benchmark_shape(args, device, dtype_name, shape, names, small_batch)
             if save is not None:
                 save(result(args, device, records, started))
     return result(args, device, records, started)
@@ -366,13 +409,14 @@ def result(args: argparse.Namespace, device: torch.device, records: list[dict], 
     """The JSON document: how it was measured (command, versions, machine, load) and the records."""
     return {
         "meta": {
-            "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+            "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *args.argv]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "repeats": args.repeats, "inner": args.inner, "warmup": args.warmup,
+            "shapes": [list(s) for s in args.shapes], "small_shapes": [list(s) for s in args.small_shapes],
+            "repeats": args.repeats, "small_repeats": args.small_repeats, "inner": args.inner, "warmup": args.warmup,
             "channels_last": args.channels_last, "warm_memory": args.warm_memory,
             "wall_s": round(time.time() - started, 1),
         },
@@ -384,74 +428,127 @@ def _fmt_shape(shape: list[int]) -> str:
     return "×".join(str(s) for s in shape)
 
 
-def markdown(result: dict) -> str:
-    """Tables: per (device, dtype, mode) the time relative to eager nn.BatchNorm2d, then memory."""
-    meta, records = result["meta"], result["records"]
-    lines = [
+def _fmt_ratio(record: dict) -> str:
+    """``1 (x ms)`` for eager BatchNorm, the ratio to it for every other row."""
+    if (record["layer"], record["impl"]) == ("BN", "fast"):
+        return f"1 ({record['median_ms']:.2f} ms)"
+    return f"{record['ratio_bn']:.2f}×"
+
+
+def _unique(values: list) -> list:
+    """``values`` without repeats, in first-seen order (for lists, which are not hashable)."""
+    seen: list = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return seen
+
+
+def header(meta: dict) -> list[str]:
+    """How the tables were measured: command, versions, machine, threads, rounds."""
+    rounds = f"median of {meta['repeats']} interleaved rounds"
+    if meta["small_shapes"]:
+        rounds += f" ({meta['small_repeats']} at the small-batch shapes)"
+    load = ", ".join(f"{v:.1f}" for v in meta["load_average"] or [])
+    memory = "; freed memory kept mapped (glibc thresholds at 1 GiB)" if meta["warm_memory"] else ""
+    return [
         f"Command: `{meta['command']}`",
         "",
-        f"torch {meta['torch']}, {meta['device_name'] or meta['machine']}, {meta['threads']} thread(s), "
-        f"median of {meta['repeats']} interleaved rounds ({meta['inner']} call(s) each), load average at the end "
-        f"{', '.join(f'{v:.1f}' for v in meta['load_average'] or [])}"
-        f"{'; freed memory kept mapped (glibc thresholds at 1 GiB)' if meta.get('warm_memory') else ''}. "
-        "Cells: time / time of eager `nn.BatchNorm2d` in the same rounds (lower is better); the BN row gives "
-        "its milliseconds. `fast`: the layer as shipped; `reference ops`: fused kernels off; `compiled`: "
-        "`torch.compile(layer)`.",
+        f"torch {meta['torch']}, {meta['device_name'] or meta['machine']}, {meta['threads']} thread(s), {rounds}, "
+        f"{meta['inner']} call(s) each, load average at the end {load}{memory}. "
+        "Cells: time / time of eager `nn.BatchNorm2d`, the median over rounds of the ratio within a round (lower "
+        "is better); the BN row gives its milliseconds. `fast`: the layer as shipped; `reference ops`: fused "
+        "kernels off; `compiled`: `torch.compile(layer)`.",
         "",
     ]
+
+
+def large_shape_tables(records: list[dict]) -> list[str]:
+    """Per (device, dtype, mode): layers x shapes, time relative to eager BatchNorm."""
+    lines = []
     groups = sorted({(r["device"], r["dtype"], r["mode"]) for r in records}, key=lambda g: (g[0], g[1], MODES.index(g[2])))
     for device, dtype, mode in groups:
         rows = [r for r in records if (r["device"], r["dtype"], r["mode"]) == (device, dtype, mode)]
-        shapes = []
-        for r in rows:
-            if r["shape"] not in shapes:
-                shapes.append(r["shape"])
+        shapes = _unique([r["shape"] for r in rows])
         lines += [f"### {device} {dtype}, {mode}", ""]
         lines.append("| layer | implementation | " + " | ".join(_fmt_shape(s) for s in shapes) + " |")
         lines.append("|---|---|" + "---|" * len(shapes))
-        keys = []
-        for r in rows:
-            if (r["layer"], r["impl"]) not in keys:
-                keys.append((r["layer"], r["impl"]))
-        for layer, impl in keys:
+        for layer, impl in _unique([(r["layer"], r["impl"]) for r in rows]):
             cells = []
             for shape in shapes:
                 match = [r for r in rows if (r["layer"], r["impl"]) == (layer, impl) and r["shape"] == shape]
-                if not match:
-                    cells.append("")
-                elif (layer, impl) == ("BN", "fast"):
-                    cells.append(f"1 ({match[0]['median_ms']:.2f} ms)")
-                else:
-                    cells.append(f"{match[0]['ratio_bn']:.2f}×")
+                cells.append(_fmt_ratio(match[0]) if match else "")
             lines.append(f"| {layer} | {impl} | " + " | ".join(cells) + " |")
         lines.append("")
-    memory = [r for r in records if "saved_over_input" in r]
-    if memory:
-        shapes = []
-        for r in memory:
-            if (r["device"], r["dtype"], tuple(r["shape"])) not in shapes:
-                shapes.append((r["device"], r["dtype"], tuple(r["shape"])))
+    return lines
+
+
+def small_batch_tables(records: list[dict]) -> list[str]:
+    """Per (device, dtype, shape): ATen ops of a training forward+backward, then each mode's time and ratio."""
+    lines = []
+    for device, dtype, shape in _unique([(r["device"], r["dtype"], r["shape"]) for r in records]):
+        rows = [r for r in records if (r["device"], r["dtype"], r["shape"]) == (device, dtype, shape)]
+        modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
         lines += [
-            "### Memory, training forward+backward (relative to the input's size)",
+            f"### {device} {dtype}, small batch {_fmt_shape(shape)}",
             "",
-            "Saved: unique storages saved for backward. Peak: memory allocated during forward+backward above "
-            "what existed before (the output and the gradients included).",
+            "Ops: `aten::` events that `torch.profiler` records in one training forward+backward (nested ops "
+            "included), plus the package's own `dynnorm::` ops and backward nodes. Times in microseconds; × BN: "
+            "median over rounds of the ratio to eager `nn.BatchNorm2d`.",
             "",
-            "| layer | " + " | ".join(f"{d} {t} {_fmt_shape(list(s))} saved / peak" for d, t, s in shapes) + " |",
-            "|---|" + "---|" * len(shapes),
+            "| layer | implementation | ATen ops (+ dynnorm) train fwd+bwd | "
+            + " | ".join(f"{m} (µs) | × BN" for m in modes) + " |",
+            "|---|---|---:|" + "---:|---:|" * len(modes),
         ]
-        for layer in dict.fromkeys(r["layer"] for r in memory):
-            cells = []
-            for d, t, s in shapes:
-                match = [r for r in memory if r["layer"] == layer and (r["device"], r["dtype"], tuple(r["shape"])) == (d, t, s)]
-                if match:
-                    peak = match[0]["peak_over_input"]
-                    cells.append(f"{match[0]['saved_over_input']:.2f} / {'n/a' if peak is None else f'{peak:.2f}'}")
-                else:
-                    cells.append("")
-            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+        for layer, impl in _unique([(r["layer"], r["impl"]) for r in rows]):
+            mine = {r["mode"]: r for r in rows if (r["layer"], r["impl"]) == (layer, impl)}
+            counted = mine.get("train fwd+bwd", {})
+            cells = [f"{counted['aten_ops']} (+{counted['dynnorm_ops']})" if "aten_ops" in counted else ""]
+            for mode in modes:
+                r = mine.get(mode)
+                cells += ["", ""] if r is None else [f"{r['median_ms'] * 1e3:.0f}", f"{r['ratio_bn']:.2f}×"]
+            lines.append(f"| {layer} | {impl} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def memory_table(records: list[dict]) -> list[str]:
+    """Saved-for-backward and peak memory of a training forward+backward, relative to the input's size."""
+    memory = [r for r in records if "saved_over_input" in r]
+    if not memory:
+        return []
+    columns = _unique([(r["device"], r["dtype"], r["shape"]) for r in memory])
+    lines = [
+        "### Memory, training forward+backward (relative to the input's size)",
+        "",
+        "Saved: unique storages saved for backward. Peak: memory allocated during forward+backward above "
+        "what existed before (the output and the gradients included).",
+        "",
+        "| layer | " + " | ".join(f"{d} {t} {_fmt_shape(s)} saved / peak" for d, t, s in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for layer in _unique([r["layer"] for r in memory]):
+        cells = []
+        for column in columns:
+            match = [r for r in memory if r["layer"] == layer and (r["device"], r["dtype"], r["shape"]) == column]
+            if match:
+                peak = match[0]["peak_over_input"]
+                cells.append(f"{match[0]['saved_over_input']:.2f} / {'n/a' if peak is None else f'{peak:.2f}'}")
+            else:
+                cells.append("")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    """The header, the large-shape tables per mode, the small-batch tables, then memory."""
+    records = result["records"]
+    large = [r for r in records if not r["small_batch"]]
+    small = [r for r in records if r["small_batch"]]
+    return "\n".join(
+        header(result["meta"]) + large_shape_tables(large) + small_batch_tables(small) + memory_table(records)
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -459,15 +556,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(DTYPES))
     parser.add_argument(
-        "--shapes", nargs="+", type=lambda s: tuple(int(v) for v in s.split(",")), default=list(DEFAULT_SHAPES),
-        help="N,C,H,W (C divisible by 32)",
+        "--shapes", nargs="*", type=lambda s: tuple(int(v) for v in s.split(",")), default=list(DEFAULT_SHAPES),
+        help="N,C,H,W (C divisible by 32) for the large-shape tables (none: skip them)",
+    )
+    parser.add_argument(
+        "--small-shapes", nargs="*", type=lambda s: tuple(int(v) for v in s.split(",")),
+        default=list(DEFAULT_SMALL_SHAPES), help="N,C,H,W shapes for the small-batch table (none: skip it)",
     )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--layers", nargs="+", choices=list(layer_factories()), help="default: all")
     parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds (the median is reported)")
+    parser.add_argument("--small-repeats", type=int, default=500, help="interleaved rounds at the small-batch shapes")
     parser.add_argument("--inner", type=int, default=1, help="calls per timed sample")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd layers as a column")
     parser.add_argument("--compile-layers", nargs="+", choices=list(layer_factories()), help="default: all layers")
     parser.add_argument("--compile-dtypes", nargs="+", default=sorted(DTYPES), choices=sorted(DTYPES))
@@ -478,7 +580,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="leave glibc's allocation thresholds alone (default: keep freed memory mapped, see keep_freed_memory_mapped)",
     )
     parser.add_argument("--out", default=str(ROOT / "tools" / "results" / "benchmark"), help="output path stem")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command line in the results
+    return args
 
 
 def write(result_: dict, stem: Path) -> None:
