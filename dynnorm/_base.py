@@ -1,6 +1,7 @@
 """The state every dynnorm layer shares: affine parameters, running statistics, input checks, dispatch."""
 from __future__ import annotations
 
+import math
 import operator
 from types import ModuleType
 from typing import ClassVar
@@ -23,6 +24,27 @@ def positive_int(name: str, value: object) -> int:
     if number is None or isinstance(value, bool) or number <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return number
+
+
+def head_parameters(in_features: int, hidden: int, out_features: int, **factory) -> tuple[nn.Parameter, ...]:
+    """``(W_1 (hidden, in), b_1 (hidden,), W_2 (out, hidden), b_2 (out,))`` of a two-layer head, uninitialised
+    (see :func:`init_head`): plain parameters rather than an ``nn.Linear`` submodule, so init code that
+    zero-fills every submodule's ``weight`` (such as mmdet's ``zero_init_residual``) leaves them alone."""
+    shapes = ((hidden, in_features), (hidden,), (out_features, hidden), (out_features,))
+    return tuple(nn.Parameter(torch.empty(shape, **factory)) for shape in shapes)
+
+
+def init_head(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> None:
+    """Initialise a two-layer head ``W_2 act(W_1 s + b_1) + b_2``: ``W_1`` as ``nn.Linear`` does (uniform in
+    ``+-1/sqrt(fan_in)``), everything after it zero, so a new head outputs exactly zero."""
+    bound = 1 / math.sqrt(w1.shape[1])
+    nn.init.uniform_(w1, -bound, bound)
+    for tensor in (b1, w2, b2):
+        nn.init.zeros_(tensor)
+
+
+_EXAMPLE_SHAPES = {2: "4, 16", 3: "2, 16, 7", 4: "2, 16, 8, 8", 5: "2, 16, 3, 4, 4"}
+_INPUT_SHAPES = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
 
 
 class DynNormBase(nn.Module):
@@ -60,6 +82,34 @@ class DynNormBase(nn.Module):
     #: Names of the parameters that select or mix normalizers (SN/SSN logits, DN gate logits): the SSN
     #: authors train them in their own optimizer group (lr/10, no weight decay, gradient norm clipped).
     mixture_parameter_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, *, input_ranks: tuple[int, ...] | None = None, synchronized: bool | None = None,
+                          **kwargs) -> None:
+        """Declare a variant in its class statement: ``class SwitchNorm1d(_SwitchNorm, input_ranks=(2, 3))``
+        (other input ranks) or ``class SyncSwitchNorm2d(SwitchNorm2d, synchronized=True)`` (synchronized batch
+        statistics by default). A variant without a docstring gets one naming what it changes."""
+        super().__init_subclass__(**kwargs)
+        if input_ranks is not None:
+            cls.input_ranks = input_ranks
+        if synchronized is not None:
+            cls.sync_batch_stats_default = synchronized
+        if "__doc__" not in cls.__dict__ or cls.__dict__["__doc__"] is None:
+            cls.__doc__ = cls._variant_doc(cls.__mro__[1], synchronized)
+
+    @classmethod
+    def _variant_doc(cls, parent: type, synchronized: bool | None) -> str:
+        name, rank = cls.__name__, max(cls.input_ranks)
+        see = parent.__name__.lstrip("_") + ("" if parent.__name__[-2:] == "2d" else "2d")
+        if synchronized:
+            summary = (f":class:`{parent.__name__}` with its batch statistics synchronized across processes "
+                       "(local statistics when not distributed).")
+            example = f">>> {name}(16).sync_batch_stats\n        True"
+        else:
+            shapes = " or ".join(_INPUT_SHAPES[r] for r in cls.input_ranks)
+            summary = f"{parent.__doc__.strip().splitlines()[0].rstrip('.')}, over ``{shapes}`` inputs."
+            example = (f">>> {name}(16)(torch.randn({_EXAMPLE_SHAPES[rank]})).shape\n"
+                       f"        torch.Size([{_EXAMPLE_SHAPES[rank]}])")
+        return f"{summary}\n\n    See :class:`{see}`.\n\n    Examples::\n\n        {example}\n"
 
     def __init__(
         self,

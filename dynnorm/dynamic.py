@@ -108,13 +108,5 @@ class DynamicNorm2d(DynNormBase):
             var_batch_logit=self.var_batch_logit, factors=self.factors, **self._batch_arguments(synchronized))
 
 
-class SyncDynamicNorm2d(DynamicNorm2d):
-    """:class:`DynamicNorm2d` with BN statistics synchronized across processes.
-
-    Examples::
-
-        >>> SyncDynamicNorm2d(8).sync_batch_stats
-        True
-    """
-
-    sync_batch_stats_default = True
+class SyncDynamicNorm2d(DynamicNorm2d, synchronized=True):
+    pass

@@ -5,13 +5,11 @@ project and no official code is known; the scale/shift-generating ("SC") module 
 """
 from __future__ import annotations
 
-import math
 from types import ModuleType
 
-import torch
 from torch import Tensor, nn
 
-from ._base import DynNormBase, positive_int
+from ._base import DynNormBase, head_parameters, init_head, positive_int
 
 
 class _DynamicAffineNorm(DynNormBase):
@@ -46,8 +44,7 @@ class _DynamicAffineNorm(DynNormBase):
         reduction: channel reduction of the SC module's hidden layer. Default: 32
 
     Attributes:
-        sc_w1, sc_b1, sc_w2, sc_b2: the SC module (plain parameters, not submodules, so init code that
-            zero-fills submodules' ``weight`` leaves them alone).
+        sc_w1, sc_b1, sc_w2, sc_b2: the SC module (plain parameters, not submodules).
 
     Shape:
         - Input: ``(N, C, H, W)``; Output: same shape and dtype.
@@ -59,20 +56,13 @@ class _DynamicAffineNorm(DynNormBase):
         super().__init__(num_features, *args, batch_statistics=True, **kwargs)
         self.reduction = positive_int("reduction", reduction)
         hidden = max(self.num_features // self.reduction, 4)
-        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
-        self.sc_w1 = nn.Parameter(torch.empty(hidden, 2 * self.num_features, **factory))
-        self.sc_b1 = nn.Parameter(torch.empty(hidden, **factory))
-        self.sc_w2 = nn.Parameter(torch.empty(2 * self.num_features, hidden, **factory))
-        self.sc_b2 = nn.Parameter(torch.empty(2 * self.num_features, **factory))
+        self.sc_w1, self.sc_b1, self.sc_w2, self.sc_b2 = head_parameters(
+            2 * self.num_features, hidden, 2 * self.num_features, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        bound = 1 / math.sqrt(self.sc_w1.shape[1])
-        nn.init.uniform_(self.sc_w1, -bound, bound)
-        nn.init.zeros_(self.sc_b1)
-        nn.init.zeros_(self.sc_w2)
-        nn.init.zeros_(self.sc_b2)
+        init_head(self.sc_w1, self.sc_b1, self.sc_w2, self.sc_b2)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", reduction={self.reduction}"
@@ -91,51 +81,31 @@ class _DynamicAffineNorm(DynNormBase):
                                                self.track_running_stats, **factory))
 
 
-class DynamicNormB2d(_DynamicAffineNorm):
-    __doc__ = (
-        "DN-B: BatchNorm with a scale and shift generated per sample and channel from that sample's "
-        "statistics relative to the batch.\n" + _DynamicAffineNorm.__doc__ + """
+def _variant_doc(summary: str, name: str) -> str:
+    return f"""{summary}
+{_DynamicAffineNorm.__doc__}
     Examples::
 
-        >>> DynamicNormB2d(64)(torch.randn(2, 64, 8, 8)).shape
+        >>> {name}(64)(torch.randn(2, 64, 8, 8)).shape
         torch.Size([2, 64, 8, 8])
 """
-    )
+
+
+class DynamicNormB2d(_DynamicAffineNorm):
+    __doc__ = _variant_doc("DN-B: BatchNorm with a scale and shift generated per sample and channel from that "
+                           "sample's statistics relative to the batch.", "DynamicNormB2d")
     per_sample = True
 
 
 class DynamicNormC2d(_DynamicAffineNorm):
-    __doc__ = (
-        "DN-C: BatchNorm with a scale and shift generated per batch from the batch statistics "
-        "``[mu_BN; sigma_BN]`` (the running statistics in evaluation).\n" + _DynamicAffineNorm.__doc__ + """
-    Examples::
-
-        >>> DynamicNormC2d(64)(torch.randn(2, 64, 8, 8)).shape
-        torch.Size([2, 64, 8, 8])
-"""
-    )
+    __doc__ = _variant_doc("DN-C: BatchNorm with a scale and shift generated per batch from the batch statistics "
+                           "``[mu_BN; sigma_BN]`` (the running statistics in evaluation).", "DynamicNormC2d")
     per_sample = False
 
 
-class SyncDynamicNormB2d(DynamicNormB2d):
-    """:class:`DynamicNormB2d` with BN statistics synchronized across processes.
-
-    Examples::
-
-        >>> SyncDynamicNormB2d(8).sync_batch_stats
-        True
-    """
-
-    sync_batch_stats_default = True
+class SyncDynamicNormB2d(DynamicNormB2d, synchronized=True):
+    pass
 
 
-class SyncDynamicNormC2d(DynamicNormC2d):
-    """:class:`DynamicNormC2d` with BN statistics synchronized across processes.
-
-    Examples::
-
-        >>> SyncDynamicNormC2d(8).sync_batch_stats
-        True
-    """
-
-    sync_batch_stats_default = True
+class SyncDynamicNormC2d(DynamicNormC2d, synchronized=True):
+    pass

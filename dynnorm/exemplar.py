@@ -5,13 +5,11 @@ https://arxiv.org/abs/2003.08761.
 """
 from __future__ import annotations
 
-import math
 from types import ModuleType
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._base import DynNormBase, positive_int
+from ._base import DynNormBase, head_parameters, init_head, positive_int
 from .switchable import NORMALIZERS
 
 
@@ -50,9 +48,8 @@ class ExemplarNorm2d(DynNormBase):
         hidden_size: width of the ratio head's hidden layer. Default: 4
 
     Attributes:
-        ratio_w1, ratio_b1, ratio_w2, ratio_b2: the ratio head (plain parameters, not submodules, so init code
-            that zero-fills every submodule's ``weight``, such as mmdet's ``zero_init_residual``, leaves them
-            alone). ``ratio_b2`` is the static (SN-like) part of the logits, order (IN, LN, BN).
+        ratio_w1, ratio_b1, ratio_w2, ratio_b2: the ratio head (plain parameters, not submodules).
+            ``ratio_b2`` is the static (SN-like) part of the logits, order (IN, LN, BN).
         last_ratios: batch-averaged ratios ``(3,)`` of the last training batch (for logging).
 
     Shape:
@@ -61,8 +58,9 @@ class ExemplarNorm2d(DynNormBase):
     Examples::
 
         >>> layer = ExemplarNorm2d(64)
-        >>> layer(torch.randn(2, 64, 8, 8)).shape
-        torch.Size([2, 64, 8, 8])
+        >>> out = layer(torch.randn(2, 64, 8, 8))
+        >>> layer.importance_ratios()  # a new layer mixes IN, LN and BN uniformly
+        {'ratio': {'IN': 0.333..., 'LN': 0.333..., 'BN': 0.333...}}
     """
 
     normalizer_names = NORMALIZERS
@@ -70,22 +68,15 @@ class ExemplarNorm2d(DynNormBase):
     def __init__(self, num_features: int, *args, hidden_size: int = 4, **kwargs) -> None:
         super().__init__(num_features, *args, batch_statistics=True, **kwargs)
         self.hidden_size = positive_int("hidden_size", hidden_size)
-        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
-        k = len(self.normalizer_names)
-        self.ratio_w1 = nn.Parameter(torch.empty(self.hidden_size, 2 * self.num_features, **factory))
-        self.ratio_b1 = nn.Parameter(torch.empty(self.hidden_size, **factory))
-        self.ratio_w2 = nn.Parameter(torch.empty(k, self.hidden_size, **factory))
-        self.ratio_b2 = nn.Parameter(torch.empty(k, **factory))
+        self.ratio_w1, self.ratio_b1, self.ratio_w2, self.ratio_b2 = head_parameters(
+            2 * self.num_features, self.hidden_size, len(self.normalizer_names), device=kwargs.get("device"),
+            dtype=kwargs.get("dtype"))
         self.last_ratios: Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        bound = 1 / math.sqrt(self.ratio_w1.shape[1])
-        nn.init.uniform_(self.ratio_w1, -bound, bound)
-        nn.init.zeros_(self.ratio_b1)
-        nn.init.zeros_(self.ratio_w2)
-        nn.init.zeros_(self.ratio_b2)
+        init_head(self.ratio_w1, self.ratio_b1, self.ratio_w2, self.ratio_b2)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", hidden_size={self.hidden_size}"
@@ -104,13 +95,5 @@ class ExemplarNorm2d(DynNormBase):
         return out
 
 
-class SyncExemplarNorm2d(ExemplarNorm2d):
-    """:class:`ExemplarNorm2d` with BN statistics synchronized across processes.
-
-    Examples::
-
-        >>> SyncExemplarNorm2d(8).sync_batch_stats
-        True
-    """
-
-    sync_batch_stats_default = True
+class SyncExemplarNorm2d(ExemplarNorm2d, synchronized=True):
+    pass

@@ -77,44 +77,20 @@ class _SparseSwitchNorm(_SwitchNorm):
             freeze=self.training and torch.is_grad_enabled(), **self._batch_arguments(synchronized))
 
 
-class SparseSwitchNorm1d(_SparseSwitchNorm):
-    """Sparse Switchable Normalization over ``(N, C)`` or ``(N, C, L)`` inputs; see :class:`SparseSwitchNorm2d`.
-
-    Examples::
-
-        >>> SparseSwitchNorm1d(16)(torch.randn(4, 16)).shape
-        torch.Size([4, 16])
-    """
-
-    input_ranks = (2, 3)
+class SparseSwitchNorm1d(_SparseSwitchNorm, input_ranks=(2, 3)):
+    pass
 
 
 class SparseSwitchNorm2d(_SparseSwitchNorm):
     __doc__ = _SparseSwitchNorm.__doc__
 
 
-class SparseSwitchNorm3d(_SparseSwitchNorm):
-    """Sparse Switchable Normalization over ``(N, C, D, H, W)`` inputs; see :class:`SparseSwitchNorm2d`.
-
-    Examples::
-
-        >>> SparseSwitchNorm3d(8)(torch.randn(2, 8, 3, 4, 4)).shape
-        torch.Size([2, 8, 3, 4, 4])
-    """
-
-    input_ranks = (5,)
+class SparseSwitchNorm3d(_SparseSwitchNorm, input_ranks=(5,)):
+    pass
 
 
-class SyncSparseSwitchNorm2d(SparseSwitchNorm2d):
-    """:class:`SparseSwitchNorm2d` with BN statistics synchronized across processes.
-
-    Examples::
-
-        >>> SyncSparseSwitchNorm2d(8).sync_batch_stats
-        True
-    """
-
-    sync_batch_stats_default = True
+class SyncSparseSwitchNorm2d(SparseSwitchNorm2d, synchronized=True):
+    pass
 
 
 def set_sparsestmax_radius(model: nn.Module, radius: float) -> None:

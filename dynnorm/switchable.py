@@ -130,7 +130,7 @@ class _SwitchNorm(DynNormBase):
         return self._with_state(plain)
 
 
-class SwitchNorm1d(_SwitchNorm):
+class SwitchNorm1d(_SwitchNorm, input_ranks=(2, 3)):
     """Switchable Normalization over ``(N, C)`` or ``(N, C, L)`` inputs; see :class:`SwitchNorm2d`.
 
     For ``(N, C)`` inputs IN is left out (one value per (n, c)), which gives the LN/BN mixture of the
@@ -142,32 +142,14 @@ class SwitchNorm1d(_SwitchNorm):
         torch.Size([4, 16])
     """
 
-    input_ranks = (2, 3)
-
 
 class SwitchNorm2d(_SwitchNorm):
     __doc__ = _SwitchNorm.__doc__
 
 
-class SwitchNorm3d(_SwitchNorm):
-    """Switchable Normalization over ``(N, C, D, H, W)`` inputs; see :class:`SwitchNorm2d`.
-
-    Examples::
-
-        >>> SwitchNorm3d(8)(torch.randn(2, 8, 3, 4, 4)).shape
-        torch.Size([2, 8, 3, 4, 4])
-    """
-
-    input_ranks = (5,)
+class SwitchNorm3d(_SwitchNorm, input_ranks=(5,)):
+    pass
 
 
-class SyncSwitchNorm2d(SwitchNorm2d):
-    """:class:`SwitchNorm2d` whose BN statistics are synchronized across processes (local when not distributed).
-
-    Examples::
-
-        >>> SyncSwitchNorm2d(8).sync_batch_stats
-        True
-    """
-
-    sync_batch_stats_default = True
+class SyncSwitchNorm2d(SwitchNorm2d, synchronized=True):
+    pass

@@ -168,6 +168,19 @@ void instance_moments(const Geometry& g, const scalar_t* x, acc_t* estimate, acc
   });
 }
 
+// f(element index, per-(n, c) index) for every element of a channels-last input, in parallel over samples.
+template <typename F>
+void for_each_channels_last(const Geometry& g, const F& f) {
+  at::parallel_for(0, g.N, grain(g.L * g.C), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t l = 0; l < g.L; ++l) {
+        const int64_t base = (n * g.L + l) * g.C;
+        for (int64_t c = 0; c < g.C; ++c) f(base + c, n * g.C + c);
+      }
+    }
+  });
+}
+
 // y = ((x - R) - center) * scale + shift with per-(n, c) coefficients.
 template <typename scalar_t, typename acc_t>
 void normalize(const Geometry& g, const scalar_t* x, scalar_t* y, acc_t R, const acc_t* center, const acc_t* scale,
@@ -183,18 +196,8 @@ void normalize(const Geometry& g, const scalar_t* x, scalar_t* y, acc_t R, const
     });
     return;
   }
-  at::parallel_for(0, g.N, grain(g.L * g.C), [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const acc_t* m = center + n * g.C;
-      const acc_t* s = scale + n * g.C;
-      const acc_t* t = shift + n * g.C;
-      for (int64_t l = 0; l < g.L; ++l) {
-        const int64_t base = (n * g.L + l) * g.C;
-        for (int64_t c = 0; c < g.C; ++c) {
-          y[base + c] = static_cast<scalar_t>(((static_cast<acc_t>(x[base + c]) - R) - m[c]) * s[c] + t[c]);
-        }
-      }
-    }
+  for_each_channels_last(g, [&](int64_t i, int64_t j) {
+    y[i] = static_cast<scalar_t>(((static_cast<acc_t>(x[i]) - R) - center[j]) * scale[j] + shift[j]);
   });
 }
 
@@ -250,20 +253,9 @@ void input_grad(const Geometry& g, const scalar_t* dy, const scalar_t* x, scalar
     });
     return;
   }
-  at::parallel_for(0, g.N, grain(g.L * g.C), [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const acc_t* m = center + n * g.C;
-      const acc_t* s = scale + n * g.C;
-      const acc_t* an = a + n * g.C;
-      const acc_t* bn = b + n * g.C;
-      for (int64_t l = 0; l < g.L; ++l) {
-        const int64_t base = (n * g.L + l) * g.C;
-        for (int64_t c = 0; c < g.C; ++c) {
-          dx[base + c] = static_cast<scalar_t>(static_cast<acc_t>(dy[base + c]) * s[c] +
-                                               ((static_cast<acc_t>(x[base + c]) - R) - m[c]) * an[c] + bn[c]);
-        }
-      }
-    }
+  for_each_channels_last(g, [&](int64_t i, int64_t j) {
+    dx[i] = static_cast<scalar_t>(static_cast<acc_t>(dy[i]) * scale[j] + ((static_cast<acc_t>(x[i]) - R) - center[j]) * a[j] +
+                                  b[j]);
   });
 }
 
