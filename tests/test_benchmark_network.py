@@ -50,7 +50,3 @@ def test_every_normalizer_builds_at_every_width_of_the_cifar_resnet():
     for name, factory in benchmark_network.norm_factories().items():
         model, _ = benchmark_network.build("resnet20", factory, torch.device("cpu"), lr=0.01)
         assert model(torch.randn(2, *benchmark_network.IMAGE_SHAPE)).shape == (2, benchmark_network.NUM_CLASSES), name
-
-
-def test_associate_norm_groups_divide_the_channels():
-    assert [benchmark_network.largest_divisor_up_to(c, 32) for c in (16, 24, 48, 64, 512)] == [16, 24, 24, 32, 32]

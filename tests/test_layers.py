@@ -255,3 +255,37 @@ def test_eval_layer_exports_with_torch_export(case):
     x = _x(dtype=torch.float32)
     exported = torch.export.export(layer, (x,))
     torch.testing.assert_close(exported.module()(x), layer(x))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_num_features_accepts_any_integer_like_batchnorm(case):
+    import numpy as np
+
+    layer = case.build(np.int64(8))
+    assert layer.num_features == 8 and type(layer.num_features) is int
+    with pytest.raises(ValueError, match=r"num_features must be a positive int, got 8.0"):
+        case.build(8.0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_input_dtype_must_match_the_parameters_as_for_batchnorm(case):
+    layer = case.build(SHAPE[1])
+    with pytest.raises(TypeError, match=r"got a torch.float64 input but its parameters are torch.float32"):
+        layer(_x(dtype=torch.float64))
+    with pytest.raises((TypeError, RuntimeError)):  # what nn.BatchNorm2d does
+        nn.BatchNorm2d(SHAPE[1])(_x(dtype=torch.float64))
+    assert layer(_x(dtype=torch.bfloat16)).dtype == torch.bfloat16  # as under autocast: half input, float32 layer
+
+
+@pytest.mark.parametrize("channels, groups", [(16, 16), (24, 24), (96, 32), (144, 24), (7, 7)])
+def test_associate_norm_defaults_to_the_largest_divisor_up_to_32_groups(channels, groups):
+    layer = dynnorm.create_norm("AssocNorm", channels)
+    assert layer.num_groups == groups
+    assert layer(torch.randn(2, channels, 3, 3)).shape == (2, channels, 3, 3)
+
+
+def test_associate_norm_fits_a_whole_torchvision_mobilenet():
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(num_classes=10, norm_layer=dynnorm.AssociateNorm2d)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)

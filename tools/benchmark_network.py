@@ -3,9 +3,8 @@
 Networks, on 3x32x32 inputs with 10 classes, every normalization layer from one factory ``norm(num_channels)``:
 torchvision's ResNet-18 (its ImageNet stem, so 32 px become 8 px before the first stage) and the CIFAR
 ResNet-20 at width 16 (:class:`tasks.classification.backbones.CifarResNet`). Normalizers: ``nn.BatchNorm2d``,
-GroupNorm (:class:`tasks.classification.norms.GroupNorm2d`, ``gcd(32, C)`` groups) and every dynnorm layer,
-built with ``dynnorm.create_norm`` (AssocNorm with the most groups up to 32 that divide ``C``; ResNet-20's
-16-channel layers get 16 groups from both). Modes: "train step" (training mode;
+GroupNorm and every dynnorm layer, all built by name with ``dynnorm.create_norm`` (GN: ``gcd(32, C)`` groups;
+AssocNorm: the largest divisor of ``C`` up to 32; ResNet-20's 16-channel layers get 16 groups from both). Modes: "train step" (training mode;
 ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward, SGD step with momentum) and "eval fwd"
 (evaluation mode, forward under ``torch.no_grad()``).
 
@@ -44,7 +43,6 @@ if str(ROOT) not in sys.path:
 
 import dynnorm  # noqa: E402
 from tasks.classification.backbones import CifarResNet, torchvision_resnet18  # noqa: E402
-from tasks.classification.norms import GroupNorm2d  # noqa: E402
 from tools.benchmark import (  # noqa: E402
     cpu_name,
     keep_freed_memory_mapped,
@@ -63,28 +61,14 @@ NETWORKS: dict[str, tuple[str, Callable[[NormFactory], nn.Module]]] = {
     "resnet18": ("ResNet-18 (torchvision)", lambda norm: torchvision_resnet18(NUM_CLASSES, norm)),
     "resnet20": ("CIFAR ResNet-20, width 16", lambda norm: CifarResNet(NUM_CLASSES, norm, depth=20, width=16)),
 }
-DYNNORM_NAMES = {"SN": "SN", "SSN": "SSN", "EN": "EN", "DN": "DN", "DN-B": "DNB", "DN-C": "DNC"}
-ASSOC_MAX_GROUPS = 32
-
-
-def largest_divisor_up_to(n: int, bound: int) -> int:
-    """The largest divisor of ``n`` that is at most ``bound``."""
-    return max(d for d in range(1, min(n, bound) + 1) if n % d == 0)
-
-
-def associate_norm(num_channels: int) -> nn.Module:
-    """AssocNorm with the most groups (up to 32) that divide ``num_channels``."""
-    groups = largest_divisor_up_to(num_channels, ASSOC_MAX_GROUPS)
-    return dynnorm.create_norm("AssocNorm", num_channels, num_groups=groups)
+#: Row label -> registry name; ``BN`` first (the ratios' base).
+NORM_NAMES = {"BN": "BN", "GN": "GN", "SN": "SN", "SSN": "SSN", "EN": "EN", "DN": "DN", "DN-B": "DNB", "DN-C": "DNC",
+              "AssocNorm": "AssocNorm"}
 
 
 def norm_factories() -> dict[str, NormFactory]:
     """Name -> ``factory(num_channels)`` of every benchmarked normalizer; ``BN`` first (the ratios' base)."""
-    factories: dict[str, NormFactory] = {"BN": nn.BatchNorm2d, "GN": GroupNorm2d}
-    for label, name in DYNNORM_NAMES.items():
-        factories[label] = functools.partial(dynnorm.create_norm, name)
-    factories["AssocNorm"] = associate_norm
-    return factories
+    return {label: functools.partial(dynnorm.create_norm, name) for label, name in NORM_NAMES.items()}
 
 
 def build(network: str, norm: NormFactory, device: torch.device, lr: float) -> tuple[nn.Module, torch.optim.Optimizer]:

@@ -24,11 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dynnorm  # noqa: E402
 from tasks.synthetic_shapes import ensure_dataset  # noqa: E402
 
-TORCH_NORMS = {"BN": nn.BatchNorm2d, "GN": lambda c: nn.GroupNorm(min(32, c), c)}
-
-
 def small_cnn(norm: str, num_classes: int) -> nn.Module:
-    factory = TORCH_NORMS.get(norm) or dynnorm.get_norm_layer(norm)
+    factory = dynnorm.get_norm_layer(norm)
     layers, channels = [], 3
     for width in (32, 64, 64):
         layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), factory(width), nn.ReLU(inplace=True),

@@ -7,10 +7,12 @@
   :class:`CIFARDataModule` (local python batches), :class:`ImageFolderDataModule`.
 - ``python -m tasks.classification fit --config configs/classification/<model>_<norm>.yaml`` (``cli.py``).
 """
+from dynnorm import GroupNorm2d
+
 from .backbones import BACKBONES, CifarResNet, build_backbone
 from .data import ClassificationDataModule, CIFARDataModule, ImageFolderDataModule, SyntheticShapesDataModule
 from .module import ImageClassifier
-from .norms import GroupNorm2d, norm_spec, resolve_norm
+from .norms import norm_spec, resolve_norm
 
 __all__ = [
     "BACKBONES", "CIFARDataModule", "CifarResNet", "ClassificationDataModule", "GroupNorm2d", "ImageClassifier",

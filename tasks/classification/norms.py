@@ -2,9 +2,9 @@
 
 ``resolve_norm`` accepts what a YAML config or a Python caller naturally writes:
 
-- a name: ``'BN'`` (``nn.BatchNorm2d``), ``'GN'`` (:class:`GroupNorm2d`), any dynnorm registry name
-  (``'SN'``, ``'SSN'``, ``'EN'``, ``'DN'``, ``'DNB'``, ``'DNC'``, ``'AssocNorm'``, ``'SyncSN'``, ...) or a dotted
-  import path (``'dynnorm.SwitchNorm2d'``);
+- a name known to :func:`dynnorm.get_norm_layer` — ``'BN'`` (``nn.BatchNorm2d``), ``'GN'``
+  (:class:`dynnorm.GroupNorm2d`), ``'SN'``, ``'SSN'``, ``'EN'``, ``'DN'``, ``'DNB'``, ``'DNC'``, ``'AssocNorm'``,
+  ``'SyncSN'``, ... — or a dotted import path (``'dynnorm.SwitchNorm2d'``);
 - a class path with init args, ``{'class_path': 'dynnorm.SwitchNorm2d', 'init_args': {'using_bn': False}}``
   (what jsonargparse writes, and what :func:`norm_spec` stores in a checkpoint);
 - a dynnorm config dict, ``{'type': 'SN', 'using_bn': False}``;
@@ -18,42 +18,16 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
 from torch import nn
 
 import dynnorm
+from dynnorm.convert import accepted_keywords
 
 NormFactory = Callable[[int], nn.Module]
 NormSetting = Union[str, Mapping, NormFactory]
-
-
-class GroupNorm2d(nn.GroupNorm):
-    """``nn.GroupNorm`` with the channel count first, so it fits torchvision's ``norm_layer(num_features)``.
-
-    ``num_groups`` is reduced to ``gcd(num_groups, num_features)`` for layers whose width it does not divide
-    (e.g. MobileNetV2's 24-channel layers get 8 groups), so one setting serves a whole network.
-
-    Args:
-        num_features: channels ``C``.
-        num_groups: requested groups. Default: 32 (the GN paper's setting)
-        eps: added to the variance. Default: 1e-5
-        affine: learnable per-channel scale and shift. Default: True
-
-    Shape:
-        - Input: ``(N, C, *)``; Output: same shape.
-    """
-
-    def __init__(self, num_features: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True) -> None:
-        if num_groups <= 0:
-            raise ValueError(f"num_groups must be positive, got {num_groups!r}")
-        super().__init__(math.gcd(num_groups, num_features), num_features, eps=eps, affine=affine)
-
-
-#: Names understood besides the dynnorm registry.
-TORCH_NORMS: dict[str, type[nn.Module]] = {"BN": nn.BatchNorm2d, "GN": GroupNorm2d}
 
 
 def _import(path: str) -> Any:
@@ -67,23 +41,16 @@ def _import(path: str) -> Any:
 
 
 def _from_name(name: str) -> NormFactory:
-    if name in TORCH_NORMS:
-        return TORCH_NORMS[name]
-    if "." in name:
-        return _import(name)
-    try:
-        return dynnorm.get_norm_layer(name)
-    except KeyError:
-        raise ValueError(
-            f"Unknown norm {name!r}; use one of {sorted(TORCH_NORMS) + dynnorm.list_norms()}, "
-            "a dotted class path or {class_path: ..., init_args: {...}}"
-        ) from None
+    """A dotted import path, or a registry name (an unknown one raises :class:`dynnorm.UnknownNormError`,
+    a ``ValueError``, listing the known names)."""
+    return _import(name) if "." in name else dynnorm.get_norm_layer(name)
 
 
 def resolve_norm(norm: NormSetting) -> NormFactory:
     """A factory ``f(num_features) -> nn.Module`` for any accepted ``norm`` setting (see the module doc).
 
-    Raises ``ValueError`` for an unknown name or an init arg the class does not take.
+    Raises ``ValueError`` for an unknown name (:class:`dynnorm.UnknownNormError`) or an init arg the class does
+    not take.
 
     >>> resolve_norm('GN')(24)
     GroupNorm2d(8, 24, eps=1e-05, affine=True, bias=True)
@@ -103,10 +70,10 @@ def resolve_norm(norm: NormSetting) -> NormFactory:
         else:
             raise ValueError(f"a norm mapping needs 'class_path' (with optional 'init_args') or 'type', got {dict(norm)!r}")
         if kwargs:
-            try:
-                inspect.signature(factory).bind_partial(None, **kwargs)
-            except TypeError as error:
-                raise ValueError(f"norm {dict(norm)!r}: {error}") from None
+            unknown = set(kwargs) - accepted_keywords(factory)
+            if unknown:
+                raise ValueError(f"norm {dict(norm)!r}: {getattr(factory, '__name__', factory)} does not take "
+                                 f"{sorted(unknown)}")
             return functools.partial(factory, **kwargs)
         return factory
     if callable(norm):
