@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 pytest.importorskip("lightning")
@@ -74,11 +75,11 @@ def test_norm_names_paths_and_specs():
     assert type(resolve_norm("DNB")(8)) is dynnorm.DynamicNormB2d
     assert type(resolve_norm("dynnorm.ExemplarNorm2d")(8)) is dynnorm.ExemplarNorm2d
     assert resolve_norm({"type": "AssocNorm", "num_groups": 4})(8).num_groups == 4
-    with pytest.raises(ValueError, match="Unknown norm 'XN'"):
+    with pytest.raises(ValueError, match="Unknown norm layer 'XN'"):
         resolve_norm("XN")
     with pytest.raises(ValueError, match="bogus"):
         resolve_norm({"class_path": "dynnorm.SwitchNorm2d", "init_args": {"bogus": 1}})
-    assert norm_spec(GroupNorm2d) == {"class_path": "tasks.classification.norms.GroupNorm2d"}
+    assert norm_spec(GroupNorm2d) == {"class_path": "dynnorm.torch_layers.GroupNorm2d"}
     with pytest.raises(ValueError, match="cannot describe"):
         norm_spec(lambda c: nn.BatchNorm2d(c))
 
@@ -90,6 +91,31 @@ def test_every_backbone_takes_the_norm_everywhere(backbone):
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert len(norm_layers(model)) == {"resnet18": 20, "resnet50": 53, "mobilenet_v2": 52, "cifar_resnet": 21}[backbone]
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_resnet_recipe_options_zero_init_the_last_norm_of_each_block_and_add_dropout():
+    plain = build_backbone("resnet50", 5, resolve_norm("SN"))
+    recipe = build_backbone("resnet50", 5, resolve_norm("SN"), zero_init_residual=True, dropout=0.5)
+    assert recipe.state_dict().keys() == plain.state_dict().keys()  # torchvision checkpoints still load
+    last = {f"{name}.bn3" for name, m in recipe.named_modules() if type(m).__name__ == "Bottleneck"}
+    assert len(last) == 16
+    for name, layer in recipe.named_modules():
+        if isinstance(layer, dynnorm.SwitchNorm2d):
+            assert torch.equal(layer.weight, torch.zeros_like(layer.weight) if name in last else torch.ones_like(layer.weight)), name
+    assert [m.p for m in recipe.modules() if isinstance(m, nn.Dropout)] == [0.5]
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+    assert all(bool((m.weight == 1).all()) for m in norm_layers(plain))
+    assert recipe.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(ValueError, match="dropout must be a probability in \\[0, 1\\), got 1.5"):
+        build_backbone("resnet18", 5, nn.BatchNorm2d, dropout=1.5)
+
+
+def test_resnet50_sn_config_follows_the_sn_imagenet_recipe():
+    model = yaml.safe_load((ROOT / "configs" / "classification" / "resnet50_sn.yaml").read_text())["model"]
+    assert model["backbone_options"] == {"zero_init_residual": True, "dropout": 0.5}
+    network = build_backbone(model["backbone"], 10, resolve_norm(model["norm"]), **model["backbone_options"])
+    assert [m.p for m in network.modules() if isinstance(m, nn.Dropout)] == [0.5]
+    assert all(not bool(block.bn3.weight.any()) for block in network.modules() if hasattr(block, "bn3"))
 
 
 def test_unknown_backbone_option_is_a_clear_error():

@@ -1,13 +1,15 @@
 """Every shipped classification config runs one training and one validation batch (``fast_dev_run``).
 
-The configs' data point at small stand-ins: a tiny generated synthetic set, fake CIFAR batch files and the
-synthetic set's ImageFolder view. The DDP config runs as users run it, ``python -m tasks.classification``
-with 2 CPU processes (gloo).
+The configs' data point at small stand-ins: a tiny generated synthetic set, fake CIFAR batch files, fake
+Fashion-MNIST IDX files and the synthetic set's ImageFolder view. The DDP config runs as users run it,
+``python -m tasks.classification`` with 2 CPU processes (gloo).
 """
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,8 @@ import yaml
 
 pytest.importorskip("lightning")
 
+import dynnorm  # noqa: E402
+from tasks.classification import resolve_norm  # noqa: E402
 from tasks.classification.cli import main  # noqa: E402
 from tasks.synthetic_shapes import ShapesSpec, ensure_dataset  # noqa: E402
 
@@ -26,7 +30,7 @@ pytestmark = pytest.mark.lightning
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "classification").glob("*.yaml"))
 SMALL_SHAPES = ShapesSpec(num_train=24, num_val=12, image_size=32)
-PLOTTED_NORMS = ("SN", "SSN", "EN")  # layers with IN/LN/BN ratios, which the ratio logger plots
+PLOTTED_NORMS = (dynnorm.SwitchNorm2d, dynnorm.SparseSwitchNorm2d, dynnorm.ExemplarNorm2d)  # IN/LN/BN ratios: plotted
 
 
 def write_fake_cifar(root: Path, variant: str, per_file: int = 8) -> Path:
@@ -44,6 +48,18 @@ def write_fake_cifar(root: Path, variant: str, per_file: int = 8) -> Path:
     return root
 
 
+def write_fake_fashion_mnist(folder: Path, per_file: int = 20) -> Path:
+    """The four gzipped IDX files of Fashion-MNIST, with random images."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "t10k"):
+        images, labels = rng.integers(0, 256, (per_file, 28, 28)), np.arange(per_file) % 10
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
+            (folder / f"{split}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _no_pytest_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", [sys.argv[0]])  # the CLI gets its arguments from args=
@@ -54,7 +70,8 @@ def data_roots(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     shapes = ensure_dataset(base / "shapes_small", SMALL_SHAPES)
     return {"shapes": shapes, "cifar10": write_fake_cifar(base / "cifar10", "cifar10"),
-            "cifar100": write_fake_cifar(base / "cifar100", "cifar100")}
+            "cifar100": write_fake_cifar(base / "cifar100", "cifar100"),
+            "fashion-mnist": write_fake_fashion_mnist(base / "fashion-mnist")}
 
 
 def data_overrides(config: dict, roots: dict) -> list[str]:
@@ -65,6 +82,9 @@ def data_overrides(config: dict, roots: dict) -> list[str]:
                 f"--data.init_args.num_val={SMALL_SHAPES.num_val}", f"--data.init_args.image_size={SMALL_SHAPES.image_size}"]
     if kind == "CIFARDataModule":
         return [f"--data.init_args.root={roots[data['init_args']['variant']]}", "--data.init_args.num_workers=0"]
+    if kind == "FashionMNISTDataModule":
+        return [f"--data.init_args.root={roots['fashion-mnist']}", "--data.init_args.val_size=10",
+                "--data.init_args.num_workers=0"]
     if kind == "ImageFolderDataModule":
         return [f"--data.init_args.root={roots['shapes'] / 'classification'}", "--data.init_args.image_size=32",
                 "--data.init_args.num_workers=0"]
@@ -92,7 +112,7 @@ def test_fast_dev_run(path, data_roots, tmp_path):
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes
     norm = yaml.safe_load(path.read_text())["model"]["norm"]
-    if norm in PLOTTED_NORMS:
+    if isinstance(resolve_norm(norm)(16), PLOTTED_NORMS):
         assert (tmp_path / "importance_ratios.png").stat().st_size > 0
 
 

@@ -1,4 +1,4 @@
-"""Model conversion BN/GN -> dynnorm and back, original-checkpoint conversion, optimizer groups."""
+"""Model conversion BN/GN -> dynnorm and back, optimizer groups."""
 from __future__ import annotations
 
 import pytest
@@ -78,23 +78,6 @@ def test_revert_strict_names_the_layer_without_equivalent():
     with pytest.raises(ValueError, match=r"1: SwitchNorm2d has no exact torch equivalent"):
         dynnorm.revert(model)
     assert isinstance(dynnorm.revert(model, strict=False)[1], dynnorm.SwitchNorm2d)
-
-
-def test_original_switchnorm_checkpoint_converts():
-    original = {
-        "layer.weight": torch.rand(1, 8, 1, 1), "layer.bias": torch.rand(1, 8, 1, 1),
-        "layer.mean_weight": torch.tensor([0.1, 0.2, 0.3]), "layer.var_weight": torch.tensor([0.3, 0.2, 0.1]),
-        "layer.running_mean": torch.rand(1, 8, 1), "layer.running_var": torch.rand(1, 8, 1),
-        "conv.weight": torch.rand(8, 3, 1, 1),
-    }
-    converted = dynnorm.convert_original_switchnorm_state_dict(original)
-    assert converted["conv.weight"].shape == (8, 3, 1, 1)
-    model = nn.Module()
-    model.layer = dynnorm.SwitchNorm2d(8)
-    missing, unexpected = model.load_state_dict(
-        {k: v for k, v in converted.items() if k.startswith("layer.")}, strict=False)
-    assert missing == ["layer.num_batches_tracked"] and unexpected == []
-    torch.testing.assert_close(model.layer.running_var, original["layer.running_var"].flatten())
 
 
 def test_param_groups_exempt_norm_parameters_from_weight_decay():

@@ -1,6 +1,7 @@
 """OpenMMLab integration: registration, BatchNorm special cases, configs and single training steps (no datasets)."""
 from __future__ import annotations
 
+import copy
 import logging
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def test_every_layer_is_registered_in_the_root_registry_under_short_and_class_na
         assert MODELS.module_dict[name] is dynnorm.get_norm_layer(name)
     constructor = OPTIM_WRAPPER_CONSTRUCTORS.module_dict["DynNormOptimWrapperConstructor"]
     assert constructor is dn_mm.DynNormOptimWrapperConstructor
-    for hook in ("DynNormEvalHook", "DynNormSyncHook", "ImportanceRatioHook"):
+    for hook in ("DynNormEvalHook", "DynNormSyncHook", "ImportanceRatioHook", "ClipMixtureGradNormHook",
+                 "RecalibrateBatchStatisticsHook"):
         assert hook in HOOKS.module_dict
 
 
@@ -132,26 +134,6 @@ def test_imagenet_bn_resnet_checkpoint_loads_into_the_sn_resnet_except_the_mixtu
     assert torch.equal(fresh.layer1[0].bn1.mean_weight, torch.ones(3))
 
 
-def test_runner_style_checkpoints_load_through_mmengine_under_weights_only_torch(tmp_path):
-    from collections import Counter
-
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
-    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
-
-    history = HistoryBuffer()
-    history.update(np.float64(0.5))
-    path = tmp_path / "iter_2.pth"
-    torch.save({"meta": {"iter": 2, "seed": np.int64(0)}, "state_dict": {"w": torch.ones(2)},
-                "message_hub": {"log_scalars": {"train/loss": history}},
-                "param_schedulers": [{"milestones": Counter([3])}]}, path)
-    with pytest.raises(Exception, match="Weights only load failed"):
-        torch.load(path)  # torch >= 2.6 default
-    for checkpoint in (CheckpointLoader.load_checkpoint(str(path)), _load_checkpoint(str(path), map_location="cpu")):
-        assert checkpoint["meta"]["iter"] == 2
-        assert checkpoint["message_hub"]["log_scalars"]["train/loss"].current() == 0.5
-
-
 # -- BatchNorm special cases -------------------------------------------------------------------------
 
 
@@ -228,6 +210,78 @@ def test_optimizer_constructor_removes_weight_decay_from_every_dynnorm_parameter
     assert {g.get("weight_decay", 1e-4) for g in default.param_groups} == {1e-4}
 
 
+def test_optimizer_constructor_gives_the_mixture_logits_a_scaled_rate_without_decay():
+    from mmdet.models.backbones import ResNet
+    from mmengine.optim import build_optim_wrapper
+
+    model = torch.nn.Sequential(ResNet(depth=18, base_channels=16, norm_cfg=dict(type="SSN")), torch.nn.Conv2d(128, 4, 1))
+    optim_cfg = dict(optimizer=dict(type="SGD", lr=0.2, momentum=0.9, weight_decay=1e-4),
+                     constructor="DynNormOptimWrapperConstructor",
+                     paramwise_cfg=dict(dynnorm_decay_mult=1.0, mixture_lr_mult=0.1,
+                                        custom_keys={"layer1.0.bn1.mean_weight": dict(lr_mult=0.5)}))
+    optimizer = build_optim_wrapper(model, optim_cfg).optimizer
+    settings = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    logits = {id(p) for p in dynnorm.mixture_parameters(model)}
+    assert len(logits) == 2 * 20
+    for name, parameter in model.named_parameters():
+        if name.endswith("layer1.0.bn1.mean_weight"):
+            assert settings[id(parameter)] == (pytest.approx(0.1), pytest.approx(1e-4))  # custom_keys win
+        elif id(parameter) in logits:
+            assert settings[id(parameter)] == (pytest.approx(0.02), 0.0), name
+        else:
+            assert settings[id(parameter)] == (0.2, pytest.approx(1e-4)), name
+    with pytest.raises(ValueError, match="mixture_lr_mult must be a non-negative number or None, got -0.1"):
+        build_optim_wrapper(model, dict(optim_cfg, paramwise_cfg=dict(mixture_lr_mult=-0.1)))
+
+
+def _small_mm_model():
+    from mmengine.model import BaseModel
+
+    class Small(BaseModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), dynnorm.SparseSwitchNorm2d(4),
+                                           torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4))
+
+        def forward(self, inputs, data_samples=None, mode="tensor"):
+            out = self.net(inputs)
+            return {"loss": out.pow(3).mean() * 100} if mode == "loss" else out
+
+    return Small()
+
+
+def test_clip_hook_clips_the_logits_at_every_optimizer_step_while_training():
+    from mmengine.optim import OptimWrapper
+
+    model = _small_mm_model()
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.0))
+    seen = []
+    wrapper.optimizer.register_step_post_hook(lambda *_: seen.append(
+        float(torch.linalg.vector_norm(torch.cat([p.grad for p in dynnorm.mixture_parameters(model)])))))
+    runner = SimpleNamespace(model=model, optim_wrapper=wrapper)
+    hook = dn_mm.ClipMixtureGradNormHook(max_norm=1e-6)
+
+    def step() -> None:  # backward, optimizer step, zero_grad
+        wrapper.update_params(model(torch.randn(2, 3, 6, 6), mode="loss")["loss"])
+
+    hook.before_train(runner)
+    step()
+    hook.after_train(runner)
+    step()
+    assert seen[0] <= 1e-6 * (1 + 1e-4) and seen[1] > 1e-5
+
+
+def test_recalibration_hook_averages_training_batches_through_the_data_preprocessor():
+    model = _small_mm_model()
+    batches = [{"inputs": torch.randn(2, 3, 6, 6)} for _ in range(3)]
+    runner = SimpleNamespace(model=model, train_dataloader=batches, logger=logging.getLogger("test"))
+    expected = copy.deepcopy(model.net)
+    assert dynnorm.recalibrate(expected, [b["inputs"] for b in batches + batches[:2]]) == 5
+    dn_mm.RecalibrateBatchStatisticsHook(num_batches=5).before_val_epoch(runner)
+    for name, value in expected.state_dict().items():
+        assert torch.equal(model.net.state_dict()[name], value), name
+
+
 def test_conv_bn_fusion_and_complexity_tools_run_on_dynnorm_models():
     from mmcv.cnn import fuse_conv_bn
     from mmcv.cnn import get_model_complexity_info as mmcv_complexity
@@ -286,7 +340,7 @@ def test_every_shipped_config_builds_its_model(path):
 
 
 def test_coco_configs_follow_one_data_root():
-    from dynnorm.integrations.mm_runtime import replace_data_root
+    from tools.mm_runtime import replace_data_root
 
     for path in [p for p in CONFIGS if "_coco" in p.name]:
         cfg = Config.fromfile(path)

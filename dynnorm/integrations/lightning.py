@@ -1,4 +1,5 @@
-"""Lightning support: cross-process batch statistics for dynnorm layers, and logging of their learned ratios.
+"""Lightning support for dynnorm layers: cross-process batch statistics, logging of their learned ratios, the
+SSN authors' training recipe and recalibrated running statistics.
 
 - :class:`SyncDynNorm`, a ``LayerSync`` plugin: ``Trainer(strategy='ddp', plugins=[SyncDynNorm()])`` is what
   ``sync_batchnorm=True`` is for torch's BatchNorm (which it also converts, by default), for every dynnorm
@@ -6,28 +7,37 @@
 - :class:`ImportanceRatioLogger`, a ``Callback``: logs :func:`dynnorm.importance_ratios` every epoch and
   writes the per-layer figure (:func:`dynnorm.plotting.plot_importance_ratios`) at the end of fit.
 - :class:`SparsestMaxRadiusSchedule`, a ``Callback``: the SSN authors' linear radius schedule.
+- :class:`ClipMixtureGradNorm`, a ``Callback``: clips the mixture logits' gradient norm before every
+  optimizer step (:func:`dynnorm.clip_mixture_grad_norm`; the SSN authors' clipping to 1).
+- :class:`RecalibrateBatchStatistics`, a ``Callback``: re-estimates the running statistics from training
+  batches before every validation (:func:`dynnorm.recalibrate`).
 
 Needs ``pip install 'dynnorm[lightning]'``.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer
     from lightning.pytorch.plugins import LayerSync, TorchSyncBatchNorm
+    from lightning.pytorch.trainer.states import TrainerFn
     from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("dynnorm.integrations.lightning requires Lightning: pip install 'dynnorm[lightning]'") from error
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
 
 from .._base import DynNormBase
+from ..optim import clip_mixture_grad_norm, mixture_parameters
 from ..plotting import COLOURS, plot_importance_ratios
 from ..ratios import importance_ratios
+from ..recalibrate import recalibrate, repeat_batches
 from ..sparse import set_sparsestmax_radius
 
 
@@ -165,3 +175,82 @@ class SparsestMaxRadiusSchedule(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         set_sparsestmax_radius(pl_module, self.radius(trainer))
+
+
+class ClipMixtureGradNorm(Callback):
+    """Clip the gradient norm of the mixture logits before every optimizer step, as the SSN authors did.
+
+    In ``on_before_optimizer_step`` (after gradient accumulation and, with mixed precision, after the
+    gradients are unscaled; before ``gradient_clip_val`` clips all parameters) it clips the mixture logits
+    (:func:`dynnorm.mixture_parameters`: SN/SSN logits, DN gates) that the optimizer updates, taken
+    together, to ``max_norm`` (:func:`dynnorm.clip_mixture_grad_norm`). Other gradients are untouched.
+
+    Args:
+        max_norm: the largest gradient norm of the logits. Default: 1.0 (the SSN authors')
+        norm_type: the norm's ``p``. Default: 2.0
+
+    Example::
+
+        trainer = Trainer(callbacks=[ClipMixtureGradNorm(max_norm=1.0), SparsestMaxRadiusSchedule()])
+    """
+
+    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0) -> None:
+        if not max_norm >= 0:
+            raise ValueError(f"max_norm must be non-negative, got {max_norm!r}")
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+        updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        logits = [p for p in mixture_parameters(pl_module) if id(p) in updated]
+        if logits:
+            clip_mixture_grad_norm(logits, self.max_norm, self.norm_type)
+
+
+def first_item(module: nn.Module, batch: Any) -> Any:
+    """Run ``module`` on a batch's input: ``module(batch[0])`` for ``(input, target, ...)`` batches, else
+    ``module(batch)``."""
+    return module(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+
+class RecalibrateBatchStatistics(Callback):
+    """Re-estimate the running statistics from training batches before every validation.
+
+    At ``on_validation_start`` during ``fit`` (not during the sanity check), :func:`dynnorm.recalibrate`
+    replaces the running mean and variance of every BatchNorm and batch-statistics dynnorm layer by their
+    average over ``num_batches`` training batches with the current weights, the evaluation protocol of the
+    first SN release. The batches come from the trainer's training loader (again from its start when it
+    holds fewer), moved to the device by the module's batch-transfer hooks and run under the trainer's
+    precision context. The statistics stay recalibrated afterwards: checkpoints saved at validation hold
+    them, and training continues its running averages from them. Meant for validation at epoch ends: a
+    validation in the middle of an epoch (``val_check_interval < 1``) with ``persistent_workers=True``
+    would restart the training loader's iterator.
+
+    Args:
+        num_batches: training batches to average over. Default: 200 (the SN authors')
+        forward: ``forward(pl_module, batch)`` runs the model on one training batch. Default:
+            :func:`first_item`, ``pl_module(batch[0])`` for ``(images, targets)`` batches
+
+    Example::
+
+        trainer = Trainer(callbacks=[RecalibrateBatchStatistics(num_batches=200)])
+    """
+
+    def __init__(self, num_batches: int = 200, forward: Callable[[nn.Module, Any], Any] = first_item) -> None:
+        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches <= 0:
+            raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
+        self.num_batches = num_batches
+        self.forward = forward
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        strategy, precision = trainer.strategy, trainer.precision_plugin
+        batches = (strategy.batch_to_device(batch) for batch in repeat_batches(trainer.train_dataloader))
+
+        def run(module: nn.Module, batch: Any) -> Any:
+            with precision.train_step_context():
+                return self.forward(module, batch)
+
+        count = recalibrate(pl_module, batches, self.num_batches, run)
+        rank_zero_info(f"RecalibrateBatchStatistics: running statistics averaged over {count} training batches")

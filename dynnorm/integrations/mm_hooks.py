@@ -6,6 +6,10 @@
   BatchNorm to SyncBN (``sync_bn='torch'`` in the config), instead of leaving them local.
 - :class:`ImportanceRatioHook`: records every layer's learned ratios (``dynnorm.importance_ratios``) during
   training and writes their history (JSON) and the per-layer figure (PNG) at the end of the run.
+- :class:`ClipMixtureGradNormHook`: clips the mixture logits' gradient norm before every optimizer step
+  (``dynnorm.clip_mixture_grad_norm``; the SSN authors' clipping to 1).
+- :class:`RecalibrateBatchStatisticsHook`: re-estimates the running statistics from training batches before
+  every validation (``dynnorm.recalibrate``).
 """
 from __future__ import annotations
 
@@ -18,10 +22,14 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapperDict
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..convert import is_dynnorm
+from ..optim import clip_mixture_grad_norm, mixture_parameters
 from ..ratios import importance_ratios
+from ..recalibrate import recalibrate, repeat_batches
 
 DATA_BATCH = dict | tuple | list | None
 
@@ -198,3 +206,97 @@ class ImportanceRatioHook(Hook):
         except ValueError as error:  # only ratios that are not IN/LN/BN mixtures (DN gates)
             print_log(f"ImportanceRatioHook: no figure ({error})", logger="current", level=logging.WARNING)
         runner.logger.info("ImportanceRatioHook: wrote " + ", ".join(str(p) for p in written))
+
+
+class ClipMixtureGradNormHook(Hook):
+    """Clip the gradient norm of the mixture logits before every optimizer step, as the SSN authors did.
+
+    mmengine has no hook point between ``backward()`` and the optimizer step (both run inside the model's
+    ``train_step``, through the ``OptimWrapper``), and the wrapper's ``clip_grad`` clips all parameters
+    together. So the hook registers a step pre-hook on each torch optimizer of the run
+    (``Optimizer.register_step_pre_hook``) for the training's duration: it runs exactly before every update,
+    after gradient accumulation, after ``clip_grad``, and with ``AmpOptimWrapper`` after the loss scaler
+    unscaled the gradients (a step skipped for non-finite gradients is skipped by the hook too). It clips the
+    mixture logits (``dynnorm.mixture_parameters``: SN/SSN logits, DN gates) that the optimizer updates,
+    taken together, to ``max_norm`` (``dynnorm.clip_mixture_grad_norm``).
+
+    Args:
+        max_norm: the largest gradient norm of the logits. Default: 1.0 (the SSN authors')
+        norm_type: the norm's ``p``. Default: 2.0
+
+    Config::
+
+        custom_hooks = [dict(type='ClipMixtureGradNormHook', max_norm=1.0)]
+    """
+
+    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0) -> None:
+        if not max_norm >= 0:
+            raise ValueError(f"max_norm must be non-negative, got {max_norm!r}")
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self._handles: list[RemovableHandle] = []
+
+    def before_train(self, runner) -> None:
+        self.after_train(runner)
+        wrappers = runner.optim_wrapper.values() if isinstance(runner.optim_wrapper, OptimWrapperDict) \
+            else [runner.optim_wrapper]
+        logits = mixture_parameters(_unwrap(runner.model))
+        for wrapper in wrappers:
+            optimizer = wrapper.optimizer
+            updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            own = [p for p in logits if id(p) in updated]
+            if own:
+                self._handles.append(optimizer.register_step_pre_hook(self._clipping(own)))
+
+    def _clipping(self, logits: list[nn.Parameter]):
+        """An optimizer step pre-hook that clips ``logits``' gradient norm (and leaves the step's arguments)."""
+        def clip(optimizer, args, kwargs) -> None:
+            clip_mixture_grad_norm(logits, self.max_norm, self.norm_type)
+
+        return clip
+
+    def after_train(self, runner) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def tensor_mode_forward(model: nn.Module, data_batch: DATA_BATCH) -> object:
+    """Run an mmengine ``BaseModel`` on a training batch without a loss: its data preprocessor in training
+    mode, then ``model(..., mode='tensor')`` (detectors: backbone, neck and heads' raw outputs)."""
+    data = model.data_preprocessor(data_batch, True)
+    return model(**data, mode="tensor") if isinstance(data, dict) else model(*data, mode="tensor")
+
+
+class RecalibrateBatchStatisticsHook(Hook):
+    """Re-estimate the running statistics from training batches before every validation.
+
+    Before each validation epoch, ``dynnorm.recalibrate`` replaces the running mean and variance of every
+    BatchNorm and batch-statistics dynnorm layer by their average over ``num_batches`` batches of the
+    runner's training loader (again from its start when it holds fewer) with the current weights, the
+    evaluation protocol of the first SN release. Each batch goes through the model's data preprocessor (in
+    training mode) and the model's ``mode='tensor'`` forward (:func:`tensor_mode_forward`), which runs the
+    network without a loss (detectors: backbone, neck and heads on test-time proposals); layers it does not
+    reach keep their statistics. The statistics stay recalibrated afterwards (checkpoints saved later hold
+    them; training continues its running averages from them). Needs a training loader: validation during
+    ``runner.train()``.
+
+    Args:
+        num_batches: training batches to average over. Default: 200 (the SN authors')
+
+    Config::
+
+        custom_hooks = [dict(type='RecalibrateBatchStatisticsHook', num_batches=200)]
+    """
+
+    priority = "VERY_HIGH"  # before any hook that evaluates or saves at the start of validation
+
+    def __init__(self, num_batches: int = 200) -> None:
+        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches <= 0:
+            raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
+        self.num_batches = num_batches
+
+    def before_val_epoch(self, runner) -> None:
+        loader = runner.train_dataloader
+        count = recalibrate(_unwrap(runner.model), repeat_batches(loader), self.num_batches, tensor_mode_forward)
+        runner.logger.info(f"RecalibrateBatchStatisticsHook: running statistics averaged over {count} training batches")

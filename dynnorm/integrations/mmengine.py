@@ -13,12 +13,17 @@ Importing the module calls :func:`register_all_modules`, which registers, in mme
   ``_abbr_`` is ``'bn'``), so ImageNet BatchNorm checkpoints load into them: only the new parameters (SN's
   ``mean_weight``/``var_weight``, ...) are missing;
 - ``OPTIM_WRAPPER_CONSTRUCTORS``: :class:`~dynnorm.integrations.mm_optim.DynNormOptimWrapperConstructor`
-  (no weight decay on normalization parameters);
+  (no weight decay on normalization parameters; the SSN authors' learning rate of the mixture logits);
 - ``HOOKS``: :class:`~dynnorm.integrations.mm_hooks.DynNormEvalHook` (``norm_eval``),
-  :class:`~dynnorm.integrations.mm_hooks.DynNormSyncHook` (``sync_bn``) and
-  :class:`~dynnorm.integrations.mm_hooks.ImportanceRatioHook` (ratio history and figure);
-- a local checkpoint loader that makes ``resume``/``load_from`` work with torch >= 2.6 and mmengine 0.10
-  (:mod:`dynnorm.integrations.mm_checkpoint`).
+  :class:`~dynnorm.integrations.mm_hooks.DynNormSyncHook` (``sync_bn``),
+  :class:`~dynnorm.integrations.mm_hooks.ImportanceRatioHook` (ratio history and figure),
+  :class:`~dynnorm.integrations.mm_hooks.ClipMixtureGradNormHook` (the SSN authors' gradient clipping of the
+  mixture logits) and :class:`~dynnorm.integrations.mm_hooks.RecalibrateBatchStatisticsHook` (running
+  statistics re-estimated before validation).
+
+It registers and does nothing else: checkpoints load as mmengine and torch load them (weights-only under
+torch >= 2.6). The repository's ``tools/train.py`` and ``tools/test.py`` set their own checkpoint policy
+(``tools/mm_checkpoint.py``) and config adjustments (``tools/mm_runtime.py``).
 
 Needs only mmengine (mmcv, mmdet and mmseg are needed by the models that use the layers, not here).
 """
@@ -30,12 +35,14 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("dynnorm.integrations.mmengine requires mmengine: pip install 'dynnorm[mm]'") from error
 
 from ..registry import LAYER_CLASSES, SHORT_NAMES
-from .mm_checkpoint import register_checkpoint_loader
-from .mm_hooks import DynNormEvalHook, DynNormSyncHook, ImportanceRatioHook
+from .mm_hooks import (
+    ClipMixtureGradNormHook, DynNormEvalHook, DynNormSyncHook, ImportanceRatioHook, RecalibrateBatchStatisticsHook,
+)
 from .mm_optim import DynNormOptimWrapperConstructor
 
 __all__ = [
-    "DynNormEvalHook", "DynNormOptimWrapperConstructor", "DynNormSyncHook", "ImportanceRatioHook",
+    "ClipMixtureGradNormHook", "DynNormEvalHook", "DynNormOptimWrapperConstructor", "DynNormSyncHook",
+    "ImportanceRatioHook", "RecalibrateBatchStatisticsHook",
     "registered_names", "register_all_modules",
 ]
 
@@ -64,9 +71,9 @@ def register_all_modules() -> None:
     for name, cls in registered_names().items():
         _register(MODELS, name, cls)
     _register(OPTIM_WRAPPER_CONSTRUCTORS, DynNormOptimWrapperConstructor.__name__, DynNormOptimWrapperConstructor)
-    for hook in (DynNormEvalHook, DynNormSyncHook, ImportanceRatioHook):
+    for hook in (DynNormEvalHook, DynNormSyncHook, ImportanceRatioHook, ClipMixtureGradNormHook,
+                 RecalibrateBatchStatisticsHook):
         _register(HOOKS, hook.__name__, hook)
-    register_checkpoint_loader()
 
 
 register_all_modules()

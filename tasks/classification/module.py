@@ -40,6 +40,10 @@ class ImageClassifier(LightningModule):
         norm_weight_decay: weight decay of the normalization layers' parameters (affine, mixture logits,
             gates; :func:`dynnorm.param_groups`); ``0.0`` is the SN authors' detection/segmentation
             setting, ``None`` decays them like the rest. Default: None
+        mixture_lr_mult: put the mixture logits (SN/SSN logits, DN gates; :func:`dynnorm.mixture_parameters`)
+            in an optimizer group of their own, without weight decay, at this multiple of the optimizer's
+            learning rate; ``0.1`` is the SSN authors' setting. ``None`` treats them as the other
+            normalization parameters. Default: None
         label_smoothing: of the cross-entropy loss. Default: 0.0
 
     Logs ``train_loss``, ``train_acc1``, ``val_loss``, ``val_acc1`` (and ``val_acc5`` with more than 5
@@ -61,6 +65,7 @@ class ImageClassifier(LightningModule):
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         weight_decay: float = 5e-4,
         norm_weight_decay: Optional[float] = None,
+        mixture_lr_mult: Optional[float] = None,
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
@@ -107,16 +112,26 @@ class ImageClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test", self.test_metrics)
 
-    def parameter_groups(self) -> list[dict]:
-        """Optimizer groups: everything at ``weight_decay``, or the normalization layers' parameters at
-        ``norm_weight_decay`` when it is set (:func:`dynnorm.param_groups`)."""
+    def parameter_groups(self, lr: Optional[float] = None) -> list[dict]:
+        """Optimizer groups (:func:`dynnorm.param_groups`): everything at ``weight_decay``, or the
+        normalization layers' parameters at ``norm_weight_decay`` when it is set; with ``mixture_lr_mult``,
+        the mixture logits at learning rate ``lr * mixture_lr_mult`` without weight decay (``lr``: the
+        optimizer's learning rate)."""
         weight_decay, norm_weight_decay = self.hparams.weight_decay, self.hparams.norm_weight_decay
-        if norm_weight_decay is None:
+        mixture_lr_mult = self.hparams.mixture_lr_mult
+        if norm_weight_decay is None and mixture_lr_mult is None:
             return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-        return dynnorm.param_groups(self, weight_decay, norm_weight_decay)
+        norm_weight_decay = weight_decay if norm_weight_decay is None else norm_weight_decay
+        return dynnorm.param_groups(self, weight_decay, norm_weight_decay, lr=lr, mixture_lr_mult=mixture_lr_mult)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameter_groups())
+        if self.hparams.mixture_lr_mult is None:
+            optimizer = self.optimizer(self.parameter_groups())
+        else:
+            # The logits' rate is relative to the optimizer's, which the optimizer factory holds: read it
+            # from an optimizer over the plain groups, then build the real one (no state exists yet).
+            base_lr = self.optimizer([{"params": [p for p in self.parameters() if p.requires_grad]}]).defaults["lr"]
+            optimizer = self.optimizer(self.parameter_groups(lr=base_lr))
         requested = optimizer.defaults.get("weight_decay")
         class_default = inspect.signature(type(optimizer)).parameters.get("weight_decay")
         if requested not in (None, self.hparams.weight_decay) and (class_default is None or requested != class_default.default):
