@@ -58,7 +58,16 @@ _BY_NAME: dict[str, type[nn.Module]] = {
 
 class UnknownNormError(KeyError, ValueError):
     """A norm name the registry does not know; the message lists the known names. A ``KeyError`` (as
-    mmengine's registries raise) and a ``ValueError`` (an invalid option) alike."""
+    mmengine's registries raise) and a ``ValueError`` (an invalid option) alike.
+
+    Examples::
+
+        >>> try:
+        ...     create_norm('XN', 8)
+        ... except ValueError as error:
+        ...     print(error)
+        Unknown norm layer 'XN'; available: ['AssocNorm', 'BN', ...]
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -102,6 +111,6 @@ def create_norm(layer: LayerType, num_features: int, **kwargs) -> nn.Module:
     Examples::
 
         >>> create_norm('GN', 24)
-        GroupNorm2d(8, 24, eps=1e-05, affine=True)
+        GroupNorm2d(8, 24, eps=1e-05, affine=True, bias=True)
     """
     return get_norm_layer(layer)(num_features, **kwargs)

@@ -28,7 +28,7 @@
 
 namespace dynnorm {
 
-constexpr int64_t kLanes = 8;
+constexpr int64_t kLanes = 32;
 constexpr int64_t kBlock = 256;
 constexpr int64_t kSlabBlock = 32;           // positions per block of a channels-last slab
 constexpr int64_t kGrainElements = 1 << 15;  // elements per parallel task
@@ -39,7 +39,9 @@ inline int64_t grain(int64_t elements_per_item) {
 
 // ---- one contiguous row of L values --------------------------------------------------------------------
 
-// sum(f(i)) over [0, L) by blocks of kBlock values, each split over kLanes independent lanes.
+// sum(f(i)) over [0, L) by blocks of kBlock values; within a block kLanes independent partial sums (which
+// the compiler keeps in several SIMD registers, so the additions do not wait on each other), and the block
+// sums are added in order.
 template <typename acc_t, typename F>
 inline acc_t blocked_sum(int64_t L, const F& f) {
   acc_t total = 0;

@@ -66,7 +66,7 @@ class SyncDynNorm(LayerSync):
     Args:
         torch_batchnorm: also synchronize ``nn.BatchNorm*`` layers. Default: True
 
-    Example::
+    Examples::
 
         trainer = Trainer(accelerator="gpu", devices=8, strategy="ddp", plugins=[SyncDynNorm()])
     """
@@ -117,6 +117,10 @@ class ImportanceRatioLogger(Callback):
 
     Attributes:
         plot_path: the figure written by the last fit, or ``None``.
+
+    Examples::
+
+        trainer = Trainer(max_epochs=30, callbacks=[ImportanceRatioLogger(log_every_n_epochs=5)])
     """
 
     def __init__(self, log_every_n_epochs: int = 1, filename: str = "importance_ratios.png",
@@ -162,6 +166,10 @@ class SparsestMaxRadiusSchedule(Callback):
 
     Args:
         final_radius: radius at the end of training. Default: 1.0 (the authors' ``r = step / total``)
+
+    Examples::
+
+        trainer = Trainer(max_epochs=30, callbacks=[SparsestMaxRadiusSchedule()])
     """
 
     def __init__(self, final_radius: float = 1.0) -> None:
@@ -189,7 +197,7 @@ class ClipMixtureGradNorm(Callback):
         max_norm: the largest gradient norm of the logits. Default: 1.0 (the SSN authors')
         norm_type: the norm's ``p``. Default: 2.0
 
-    Example::
+    Examples::
 
         trainer = Trainer(callbacks=[ClipMixtureGradNorm(max_norm=1.0), SparsestMaxRadiusSchedule()])
     """
@@ -231,7 +239,7 @@ class RecalibrateBatchStatistics(Callback):
         forward: ``forward(pl_module, batch)`` runs the model on one training batch. Default:
             :func:`first_item`, ``pl_module(batch[0])`` for ``(images, targets)`` batches
 
-    Example::
+    Examples::
 
         trainer = Trainer(callbacks=[RecalibrateBatchStatistics(num_batches=200)])
     """

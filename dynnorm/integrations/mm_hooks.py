@@ -77,6 +77,11 @@ class DynNormEvalHook(Hook):
     layers of every submodule with ``norm_eval=True`` in eval mode. The shipped dynnorm configs train with
     ``norm_eval=False`` (live statistics, as the SN authors did); the hook makes ``norm_eval=True`` mean the
     same for dynnorm layers as for BatchNorm. ``frozen_stages`` needs no hook (it evals whole stages).
+
+    Examples::
+
+        custom_hooks = [dict(type='DynNormEvalHook')]
+        model = dict(backbone=dict(norm_cfg=dict(type='SN'), norm_eval=True))
     """
 
     priority = "VERY_HIGH"
@@ -104,6 +109,11 @@ class DynNormSyncHook(Hook):
 
     Args:
         enabled: ``None`` follows the config's ``sync_bn``; ``True``/``False`` force it.
+
+    Examples::
+
+        sync_bn = 'torch'
+        custom_hooks = [dict(type='DynNormSyncHook')]
     """
 
     priority = "VERY_HIGH"
@@ -140,6 +150,10 @@ class ImportanceRatioHook(Hook):
     Args:
         interval: record every ``interval`` training iterations. Default: 100
         out_dir: folder for the files; ``None`` for the run's log directory. Default: None
+
+    Examples::
+
+        custom_hooks = [dict(type='ImportanceRatioHook', interval=500)]
     """
 
     priority = "LOW"  # after the optimizer step, before CheckpointHook saves (VERY_LOW)
@@ -224,7 +238,7 @@ class ClipMixtureGradNormHook(Hook):
         max_norm: the largest gradient norm of the logits. Default: 1.0 (the SSN authors')
         norm_type: the norm's ``p``. Default: 2.0
 
-    Config::
+    Examples::
 
         custom_hooks = [dict(type='ClipMixtureGradNormHook', max_norm=1.0)]
     """
@@ -284,7 +298,7 @@ class RecalibrateBatchStatisticsHook(Hook):
     Args:
         num_batches: training batches to average over. Default: 200 (the SN authors')
 
-    Config::
+    Examples::
 
         custom_hooks = [dict(type='RecalibrateBatchStatisticsHook', num_batches=200)]
     """

@@ -33,7 +33,7 @@ class DynNormOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     ``custom_keys`` that match a parameter take precedence, as they do for the built-in rules; every other
     ``paramwise_cfg`` option keeps its meaning.
 
-    Config::
+    Examples::
 
         optim_wrapper = dict(
             type='OptimWrapper',
