@@ -54,7 +54,7 @@ def synchronized_batch_moments(process_group: object | None = None) -> BatchMome
     The returned function maps ``(N, C)`` instance moments (means relative to this rank's reference value
     ``R``; ``N`` may differ between ranks, or be 0) to the ``(1, C)`` mean (relative to ``R``) and biased
     variance of the global batch and the number of values per channel. Ranks exchange their ``R`` with their
-    relative means, and the merge works relative to the average ``R``, so offsets stay out of the sums. The
+    relative means, and the merge works relative to their count-weighted average, so offsets stay out of the sums. The
     count is read on the host (one synchronization), as the unbiased running variance needs it.
     """
     def moments(mean: Tensor, var: Tensor, reference: Tensor, values_per_sample: int) -> tuple[Tensor, Tensor, int]:
@@ -69,7 +69,7 @@ def synchronized_batch_moments(process_group: object | None = None) -> BatchMome
         table = torch.cat([row.new_zeros(rank, row.shape[1]), row, row.new_zeros(ranks - rank - 1, row.shape[1])])
         table = all_reduce_sum(table, process_group)
         counts, references = table[:, :1], table[:, 1:2].detach()
-        shared = references.mean()
+        shared = (counts.detach() * references).sum() / counts.detach().sum()
         means = table[:, 2:channels + 2] + (references - shared)  # every rank's means relative to the shared R
         batch_mean, batch_var = merge_moments(counts, means, table[:, channels + 2:])
         batch_mean = batch_mean + (shared - reference)  # back to this rank's R

@@ -85,7 +85,7 @@ def relative_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     mean relative to it and biased variance, each ``(N, C)`` in :func:`accumulation_dtype`. ``x - R`` is exact
     for values near ``R``, so the relative mean keeps all its digits however large the offset."""
     flat = x.reshape(x.shape[0], x.shape[1], spatial_size(x)).to(accumulation_dtype(x.dtype))
-    reference = flat[:, :, 0].detach().mean()
+    reference = flat[:, :, 0].detach().sum() / max(flat.shape[0] * flat.shape[1], 1)  # 0 for an empty batch
     var, mean = torch.var_mean(flat - reference, dim=2, correction=0)  # the backward also sees x - R
     return reference, mean, var
 
