@@ -1,13 +1,18 @@
-"""Data modules: the embedded synthetic shapes, CIFAR-10/100 from a local folder, any ImageFolder tree.
+"""Data modules: the embedded synthetic shapes, CIFAR-10/100 and Fashion-MNIST from local files, any
+ImageFolder tree.
 
 ``batch_size`` is per device (per process under DDP, where Lightning adds a ``DistributedSampler``).
 Training loaders shuffle and drop the last incomplete batch, so no step sees a batch of one (which batch
 statistics reject); validation/test loaders keep every sample. The validation split doubles as the test
-split (CIFAR's test batch; the ``val`` folder otherwise).
+split (CIFAR's test batch; the ``val`` folder otherwise) unless the data module has a test split of its own
+(Fashion-MNIST: the validation images come from the training set, the test split is the official 10,000).
 """
 from __future__ import annotations
 
+import gzip
+import math
 import pickle
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, Optional
@@ -26,6 +31,7 @@ from tasks.synthetic_shapes import CLASSES, DEFAULT_ROOT, ShapesSpec, ensure_dat
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SHAPES_MEAN, SHAPES_STD = (0.35, 0.35, 0.35), (0.3, 0.3, 0.3)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)  # of the 60,000 training images
 
 
 def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
@@ -33,40 +39,50 @@ def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
 
 
 class ClassificationDataModule(LightningDataModule):
-    """Base of the data modules: builds ``train_set``/``val_set`` in :meth:`setup` and serves the loaders.
+    """Base of the data modules: builds ``train_set``/``val_set``/``test_set`` in :meth:`setup` and serves
+    the loaders.
 
     Subclasses define :attr:`num_classes` (readable right after construction, so the CLI can pass it to the
-    model) and :meth:`build_datasets`.
+    model) and :meth:`build_datasets`; those with a test split of their own also :meth:`build_test_dataset`.
 
     Args:
         batch_size: samples per device and step. Default: 32
         num_workers: loader processes. Default: 0
+        pin_memory: the loaders return batches in page-locked memory (faster copies to a GPU). Default: False
     """
 
-    def __init__(self, batch_size: int = 32, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
+        self.test_set: Optional[Dataset] = None
 
     @property
     def num_classes(self) -> int:
         raise NotImplementedError
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
-        """``(train, val)`` datasets of ``(image (3, H, W) float, label)`` pairs."""
+        """``(train, val)`` datasets of ``(image (C, H, W) float, label)`` pairs."""
         raise NotImplementedError
+
+    def build_test_dataset(self) -> Dataset:
+        """The test split; by default the validation split (built first by :meth:`build_datasets`)."""
+        return self.val_set
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
             self.train_set, self.val_set = self.build_datasets()
+            self.test_set = self.build_test_dataset()
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
@@ -75,7 +91,7 @@ class ClassificationDataModule(LightningDataModule):
         return self._loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._loader(self.test_set, train=False)
 
 
 class ImageFolderDataModule(ClassificationDataModule):
@@ -93,8 +109,8 @@ class ImageFolderDataModule(ClassificationDataModule):
 
     def __init__(self, root: str, train_dir: str = "train", val_dir: str = "val", image_size: int = 224,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
-                 batch_size: int = 32, num_workers: int = 0) -> None:
-        super().__init__(batch_size, num_workers)
+                 batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False) -> None:
+        super().__init__(batch_size, num_workers, pin_memory)
         self.root = Path(root)
         self.train_dir, self.val_dir = train_dir, val_dir
         self.image_size = image_size
@@ -142,13 +158,13 @@ class SyntheticShapesDataModule(ImageFolderDataModule):
     """
 
     def __init__(self, root: Optional[str] = None, num_train: int = 400, num_val: int = 100, image_size: int = 64,
-                 seed: int = 0, batch_size: int = 32, num_workers: int = 0) -> None:
+                 seed: int = 0, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False) -> None:
         self.spec = ShapesSpec(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
         if root is None:
             root = DEFAULT_ROOT if self.spec == ShapesSpec() else DEFAULT_ROOT.with_name(
                 f"synthetic_shapes_{num_train}-{num_val}_{image_size}px_seed{seed}")
         super().__init__(str(root), "classification/train", "classification/val", image_size,
-                         SHAPES_MEAN, SHAPES_STD, batch_size, num_workers)
+                         SHAPES_MEAN, SHAPES_STD, batch_size, num_workers, pin_memory)
 
     @property
     def num_classes(self) -> int:
@@ -167,7 +183,7 @@ class SyntheticShapesDataModule(ImageFolderDataModule):
 
 
 class ArrayDataset(Dataset):
-    """``(N, 3, H, W)`` uint8 images and ``(N,)`` labels in memory, with a transform per image."""
+    """``(N, C, H, W)`` uint8 images and ``(N,)`` labels in memory, with a transform per image."""
 
     def __init__(self, images: Tensor, labels: Tensor, transform: Callable) -> None:
         if images.shape[0] != labels.shape[0]:
@@ -216,8 +232,8 @@ class CIFARDataModule(ClassificationDataModule):
     """
 
     def __init__(self, root: str = "data/cifar10", variant: Literal["cifar10", "cifar100"] = "cifar10",
-                 augment: bool = True, batch_size: int = 128, num_workers: int = 0) -> None:
-        super().__init__(batch_size, num_workers)
+                 augment: bool = True, batch_size: int = 128, num_workers: int = 0, pin_memory: bool = False) -> None:
+        super().__init__(batch_size, num_workers, pin_memory)
         if variant not in CIFAR_LAYOUTS:
             raise ValueError(f"variant must be one of {sorted(CIFAR_LAYOUTS)}, got {variant!r}")
         self.root, self.variant, self.augment = Path(root), variant, augment
@@ -250,3 +266,199 @@ class CIFARDataModule(ClassificationDataModule):
                              v2.Compose([*crop_flip, *normalize]))
         val = ArrayDataset(*load_cifar_batches(self.batch_files(train=False), label_key), v2.Compose(normalize))
         return train, val
+
+
+def stratified_split(labels: Tensor, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Indices ``(chosen, rest)`` of a random sample of ``size`` of the ``(N,)`` integer ``labels`` whose classes
+    keep their proportions, and of the other samples; both ``(size,)`` / ``(N - size,)``, increasing.
+
+    Class ``c`` of ``n_c`` samples gets ``size * n_c / N`` of them, rounded by largest remainder (ties to the
+    smaller label); which ones is drawn with ``generator``.
+
+    >>> chosen, rest = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1]), 3, torch.Generator().manual_seed(0))
+    >>> torch.tensor([0, 0, 0, 0, 1, 1])[chosen].tolist(), len(rest)
+    ([0, 0, 1], 3)
+    """
+    count = labels.numel()
+    if not 0 <= size <= count:
+        raise ValueError(f"cannot choose {size!r} of {count} samples")
+    classes, class_counts = labels.unique(return_counts=True)
+    exact = class_counts.double() * size / count
+    quotas = exact.floor().long()
+    quotas[torch.argsort(exact - quotas, descending=True, stable=True)[: size - int(quotas.sum())]] += 1
+    order = torch.randperm(count, generator=generator)
+    shuffled = labels[order]
+    chosen = torch.cat([order[:0], *(order[shuffled == c][:q] for c, q in zip(classes.tolist(), quotas.tolist()))])
+    rest = torch.ones(count, dtype=torch.bool)
+    rest[chosen] = False
+    return chosen.sort().values, rest.nonzero().flatten()
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+IDX_UNSIGNED_BYTE = 0x08
+
+
+def read_idx_ubyte(path: Path, ndim: int) -> Tensor:
+    """The ``ndim``-dimensional uint8 tensor stored in an IDX file (the MNIST format), gzipped or not.
+
+    An IDX file starts with the magic number ``0x0000 08 <ndim>`` (``0x08``: unsigned bytes), then ``ndim``
+    big-endian 32-bit sizes, then the data. ``ValueError`` names the file when its magic number is not
+    that, when it is shorter or longer than its sizes say, or when it cannot be decompressed.
+    """
+    data = path.read_bytes()
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as error:
+            raise ValueError(f"{path}: corrupt or truncated gzip file ({error})") from None
+    magic, found = (IDX_UNSIGNED_BYTE << 8) | ndim, int.from_bytes(data[:4], "big")
+    if len(data) < 4 or found != magic:
+        raise ValueError(f"{path}: not an IDX file of {ndim}-d unsigned bytes (magic number 0x{found:08x}, "
+                         f"expected 0x{magic:08x})")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, expected {header})")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + math.prod(shape)
+    if len(data) != expected:
+        problem = "truncated" if len(data) < expected else "longer than its header says"
+        raise ValueError(f"{path}: {problem}: {len(data)} bytes, expected {expected} for an IDX array of shape {shape}")
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy())
+
+
+#: Label ``i`` of Fashion-MNIST is ``FASHION_MNIST_CLASSES[i]``.
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+#: split -> (images file, labels file), each plain or gzipped (``.gz``).
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                       "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+#: Where :class:`FashionMNISTDataModule` looks for the files without ``root``, in this order (relative
+#: paths from the working directory).
+FASHION_MNIST_SEARCH_PATH = ("data/fashion-mnist", "/usr/share/datasets/fashion-mnist", "data/FashionMNIST/raw")
+FASHION_MNIST_SOURCES = ("the Debian/Ubuntu package: apt-get install dataset-fashion-mnist "
+                         "(installs /usr/share/datasets/fashion-mnist), or the four files from the dataset's "
+                         "publisher, https://github.com/zalandoresearch/fashion-mnist, in data/fashion-mnist "
+                         "or the folder given as root")
+
+
+def fashion_mnist_files(folder: Path) -> dict[str, Path]:
+    """The Fashion-MNIST files present in ``folder``, by name (the plain file if both it and ``.gz`` exist)."""
+    found = {}
+    for name in (name for pair in FASHION_MNIST_FILES.values() for name in pair):
+        for path in (folder / name, folder / f"{name}.gz"):
+            if path.is_file():
+                found[name] = path
+                break
+    return found
+
+
+def load_fashion_mnist(images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:
+    """One split: ``(N, 1, 28, 28)`` uint8 images and ``(N,)`` int64 labels in ``0..9``.
+
+    ``ValueError`` names the file that is corrupt, truncated or does not fit the other.
+    """
+    images, labels = read_idx_ubyte(images_path, 3), read_idx_ubyte(labels_path, 1)
+    if images.shape[1:] != (28, 28):
+        raise ValueError(f"{images_path}: images of {images.shape[1]}x{images.shape[2]} pixels, expected 28x28")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
+                         f"{labels.shape[0]} labels")
+    if labels.numel() and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+        raise ValueError(f"{labels_path}: label {int(labels.max())} outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
+    return images.unsqueeze(1), labels.long()
+
+
+class FashionMNISTDataModule(ClassificationDataModule):
+    """Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017): 28x28 grayscale images of 10 kinds of clothing, 60,000
+    for training and 10,000 for testing, read from the original IDX files (never downloaded).
+
+    ``root`` holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+    ``t10k-labels-idx1-ubyte``, each plain or gzipped (``.gz``), or holds them in torchvision's layout
+    ``FashionMNIST/raw``. Without ``root`` they are looked for in :data:`FASHION_MNIST_SEARCH_PATH`:
+    ``data/fashion-mnist``, ``/usr/share/datasets/fashion-mnist`` (where the Debian/Ubuntu package
+    ``dataset-fashion-mnist`` installs them) and ``data/FashionMNIST/raw``.
+
+    Splits: ``val_size`` training images, drawn with ``seed`` in the class proportions, are held out for
+    validation; ``train_subset`` keeps a sample of that many of the rest for training, drawn the same way;
+    the test split is the official 10,000 test images (``trainer.test``, ``python -m tasks.classification
+    test``). Images are normalized with the training set's mean and standard deviation; ``augment`` adds
+    2-pixel padded random 28x28 crops and horizontal flips to training.
+
+    The images have one channel: the model needs ``backbone_options: {in_channels: 1}``.
+
+    Args:
+        root: folder of the four files. Default: the search path above
+        val_size: training images held out for validation (0: none). Default: 5000
+        train_subset: training images kept, ``None`` for all that are not held out. Default: None
+        augment: random crops and flips for training. Default: False
+        seed: of the validation split and the training subset (not of training). Default: 0
+        batch_size, num_workers, pin_memory: as :class:`ClassificationDataModule`.
+
+    Shape:
+        - Samples: ``(image (1, 28, 28) float32, label int)``.
+    """
+
+    def __init__(self, root: Optional[str] = None, val_size: int = 5000, train_subset: Optional[int] = None,
+                 augment: bool = False, seed: int = 0, batch_size: int = 128, num_workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        super().__init__(batch_size, num_workers, pin_memory)
+        if val_size < 0:
+            raise ValueError(f"val_size must be 0 or more, got {val_size!r}")
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"train_subset must be positive or None, got {train_subset!r}")
+        self.root = None if root is None else Path(root)
+        self.val_size, self.train_subset, self.augment, self.seed = val_size, train_subset, augment, seed
+
+    @property
+    def num_classes(self) -> int:
+        return len(FASHION_MNIST_CLASSES)
+
+    def search_path(self) -> list[Path]:
+        """The folders that may hold the files, in the order they are tried."""
+        if self.root is None:
+            return [Path(folder) for folder in FASHION_MNIST_SEARCH_PATH]
+        return [self.root, self.root / "FashionMNIST" / "raw"]
+
+    def files(self) -> dict[str, Path]:
+        """The four files from the first folder of :meth:`search_path` that holds all of them;
+        ``FileNotFoundError`` lists the folders searched and where to get the files otherwise."""
+        searched = []
+        for folder in self.search_path():
+            found = fashion_mnist_files(folder)
+            if len(found) == 2 * len(FASHION_MNIST_FILES):
+                return found
+            missing = [name for pair in FASHION_MNIST_FILES.values() for name in pair if name not in found]
+            searched.append(f"{folder.absolute()}" + (f" (lacks {', '.join(missing)})" if found else ""))
+        raise FileNotFoundError(
+            "Fashion-MNIST not found: no folder holds all four of train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+            "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each plain or .gz). Searched: " + "; ".join(searched)
+            + f". Get the files from {FASHION_MNIST_SOURCES} (nothing is downloaded).")
+
+    def prepare_data(self) -> None:
+        self.files()
+
+    def transforms(self, train: bool) -> Callable:
+        crop_flip = [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()] if train and self.augment else []
+        return v2.Compose([*crop_flip, v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(list(FASHION_MNIST_MEAN), list(FASHION_MNIST_STD))])
+
+    def _load(self, split: str) -> tuple[Tensor, Tensor]:
+        files = self.files()
+        return load_fashion_mnist(*(files[name] for name in FASHION_MNIST_FILES[split]))
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        images, labels = self._load("train")
+        if self.val_size >= len(labels):
+            raise ValueError(f"val_size={self.val_size} leaves none of the {len(labels)} training images to train on")
+        generator = torch.Generator().manual_seed(self.seed)
+        val_index, train_index = stratified_split(labels, self.val_size, generator)
+        if self.train_subset is not None:
+            if self.train_subset > len(train_index):
+                raise ValueError(f"train_subset={self.train_subset} exceeds the {len(train_index)} training images "
+                                 f"left after val_size={self.val_size}")
+            train_index = train_index[stratified_split(labels[train_index], self.train_subset, generator)[0]]
+        return (ArrayDataset(images[train_index], labels[train_index], self.transforms(train=True)),
+                ArrayDataset(images[val_index], labels[val_index], self.transforms(train=False)))
+
+    def build_test_dataset(self) -> Dataset:
+        return ArrayDataset(*self._load("test"), self.transforms(train=False))
