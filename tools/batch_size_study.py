@@ -62,7 +62,7 @@ if str(ROOT) not in sys.path:  # the repository-level `tasks` package
 #: ``norm`` settings of :class:`ImageClassifier` for the study's names.
 NORMS = {
     "BN": "BN",
-    "GN": {"class_path": "tasks.classification.GroupNorm2d", "init_args": {"num_groups": 8}},
+    "GN": {"type": "GN", "num_groups": 8},
     "SN": "SN",
     "SN_noBN": {"class_path": "dynnorm.SwitchNorm2d", "init_args": {"using_bn": False}},
     "SSN": "SSN",

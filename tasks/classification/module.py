@@ -89,7 +89,7 @@ class ImageClassifier(LightningModule):
         self.test_metrics = self.val_metrics.clone(prefix="test_")
 
     def forward(self, images: Tensor) -> Tensor:
-        """``(N, 3, H, W)`` images -> ``(N, num_classes)`` logits."""
+        """``(N, in_channels, H, W)`` images -> ``(N, num_classes)`` logits."""
         return self.model(images)
 
     def _step(self, batch: tuple[Tensor, Tensor], split: str, metrics: MetricCollection) -> Tensor:
