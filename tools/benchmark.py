@@ -278,6 +278,11 @@ def build_layers(
             layers[(name, "reference ops")] = WithoutFastPath(factories[name](channels).to(device))
         if name in compile_layers and name != PER_SAMPLE_FLOOR:
             torch.manual_seed(0)
+            # Every dynnorm class shares DynNormBase.forward: many separately compiled layers need more cache
+            # entries per code object than dynamo's default (a network compiled as a whole is one frame).
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            torch._dynamo.config.accumulated_recompile_limit = max(
+                torch._dynamo.config.accumulated_recompile_limit, 1024)
             layers[(name, "compiled")] = torch.compile(factories[name](channels).to(device))
     return layers
 

@@ -39,24 +39,24 @@ inline int64_t grain(int64_t elements_per_item) {
 
 // ---- one contiguous row of L values --------------------------------------------------------------------
 
-// sum(f(i)) over [0, L) by blocks of kBlock values; within a block kLanes independent partial sums (which
-// the compiler keeps in several SIMD registers, so the additions do not wait on each other), and the block
-// sums are added in order.
+// sum(f(i)) over [0, L) by blocks of up to kBlock values; within a block kLanes independent partial sums
+// (which the compiler keeps in several SIMD registers, so the additions do not wait on each other), and the
+// block sums, then the last L mod kLanes values, are added in order.
 template <typename acc_t, typename F>
 inline acc_t blocked_sum(int64_t L, const F& f) {
   acc_t total = 0;
-  for (int64_t start = 0; start < L; start += kBlock) {
-    const int64_t stop = std::min(L, start + kBlock);
+  int64_t i = 0;
+  for (; i + kLanes <= L;) {  // whole blocks of lanes (short rows skip the lanes: no setup cost per row)
+    const int64_t stop = std::min(L, i + kBlock);
     acc_t lanes[kLanes] = {};
-    int64_t i = start;
     for (; i + kLanes <= stop; i += kLanes) {
       for (int64_t j = 0; j < kLanes; ++j) lanes[j] += f(i + j);
     }
     acc_t block = 0;
-    for (; i < stop; ++i) block += f(i);
     for (int64_t j = 0; j < kLanes; ++j) block += lanes[j];
     total += block;
   }
+  for (; i < L; ++i) total += f(i);
   return total;
 }
 
@@ -65,11 +65,11 @@ template <typename acc_t, typename F, typename G>
 inline void blocked_sum2(int64_t L, const F& f, const G& g, acc_t& total_f, acc_t& total_g) {
   total_f = 0;
   total_g = 0;
-  for (int64_t start = 0; start < L; start += kBlock) {
-    const int64_t stop = std::min(L, start + kBlock);
+  int64_t i = 0;
+  for (; i + kLanes <= L;) {
+    const int64_t stop = std::min(L, i + kBlock);
     acc_t lanes_f[kLanes] = {};
     acc_t lanes_g[kLanes] = {};
-    int64_t i = start;
     for (; i + kLanes <= stop; i += kLanes) {
       for (int64_t j = 0; j < kLanes; ++j) {
         lanes_f[j] += f(i + j);
@@ -77,16 +77,16 @@ inline void blocked_sum2(int64_t L, const F& f, const G& g, acc_t& total_f, acc_
       }
     }
     acc_t block_f = 0, block_g = 0;
-    for (; i < stop; ++i) {
-      block_f += f(i);
-      block_g += g(i);
-    }
     for (int64_t j = 0; j < kLanes; ++j) {
       block_f += lanes_f[j];
       block_g += lanes_g[j];
     }
     total_f += block_f;
     total_g += block_g;
+  }
+  for (; i < L; ++i) {
+    total_f += f(i);
+    total_g += g(i);
   }
 }
 
