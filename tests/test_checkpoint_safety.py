@@ -153,10 +153,13 @@ def test_trusted_checkpoints_are_the_loaded_one_and_only_when_the_config_says_so
         mm_checkpoint.trusted_checkpoints(_config(load_from="a.pth", trust_checkpoint="yes"))
 
 
-def test_the_trust_flag_of_the_tools_sets_the_config_key():
+def test_the_trust_flag_of_the_tools_sets_the_config_key(monkeypatch):
     from tools import train
 
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert "trust_checkpoint" not in train.load_config(train.parse_args([str(SHAPES_DET)]))
+    # reading the command line leaves the environment alone (a LOCAL_RANK would make later DDP launches wait)
+    assert "LOCAL_RANK" not in os.environ
     assert train.load_config(train.parse_args([str(SHAPES_DET), "--trust-checkpoint"])).trust_checkpoint is True
 
 
