@@ -13,14 +13,6 @@ from tools import benchmark_network  # noqa: E402
 pytestmark = pytest.mark.lightning
 
 
-@pytest.fixture
-def keep_threads():
-    """The tool sets torch's thread count; give the rest of the session its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_benchmark_network_times_both_modes_against_bn(tmp_path, keep_threads):
     stem = tmp_path / "network"
     benchmark_network.main([

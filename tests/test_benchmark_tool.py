@@ -2,18 +2,9 @@
 import json
 import math
 
-import pytest
 import torch
 
 from tools import benchmark
-
-
-@pytest.fixture
-def keep_threads():
-    """The tool sets torch's thread count; give the rest of the session its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_benchmark_writes_every_layer_and_the_floor_in_eval_only(tmp_path, keep_threads):

@@ -590,10 +590,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write(result_: dict, stem: Path) -> None:
-    """``stem.json`` and ``stem.md``, each written to a temporary file and renamed (atomic)."""
+def write(result_: dict, stem: Path, render: Callable[[dict], str] | None = None) -> None:
+    """``stem.json`` and ``stem.md`` (``render``, default :func:`markdown`), each written to a temporary file
+    and renamed (atomic)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(result_, indent=1)), (".md", markdown(result_))):
+    for suffix, text in ((".json", json.dumps(result_, indent=1)), (".md", (render or markdown)(result_))):
         tmp = stem.with_suffix(suffix + ".tmp")
         tmp.write_text(text + "\n")
         tmp.replace(stem.with_suffix(suffix))

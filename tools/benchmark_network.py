@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import math
 import os
 import platform
@@ -49,6 +48,7 @@ from tools.benchmark import (  # noqa: E402
     per_round_ratios,
     quartiles,
     time_interleaved,
+    write,
 )
 
 NormFactory = Callable[[int], nn.Module]
@@ -243,20 +243,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write(result_: dict, stem: Path) -> None:
-    """``stem.json`` and ``stem.md``, each written to a temporary file and renamed (atomic)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(result_, indent=1)), (".md", markdown(result_))):
-        tmp = stem.with_suffix(suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(stem.with_suffix(suffix))
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     stem = Path(args.out)
-    final = run(args, save=lambda partial: write(partial, stem))
-    write(final, stem)
+    final = run(args, save=lambda partial: write(partial, stem, markdown))
+    write(final, stem, markdown)
     print(markdown(final))
 
 
