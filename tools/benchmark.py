@@ -410,16 +410,23 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] | None = None) ->
     return result(args, device, records, started)
 
 
+def measurement_meta(tool: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """How a benchmark was measured: command line, date, versions, machine, threads, load."""
+    return {
+        "command": "python " + " ".join([os.path.relpath(tool, ROOT), *args.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
 def result(args: argparse.Namespace, device: torch.device, records: list[dict], started: float) -> dict:
     """The JSON document: how it was measured (command, versions, machine, load) and the records."""
     return {
         "meta": {
-            "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *args.argv]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            **measurement_meta(__file__, args, device),
             "shapes": [list(s) for s in args.shapes], "small_shapes": [list(s) for s in args.small_shapes],
             "repeats": args.repeats, "small_repeats": args.small_repeats, "inner": args.inner, "warmup": args.warmup,
             "channels_last": args.channels_last, "warm_memory": args.warm_memory,

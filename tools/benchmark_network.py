@@ -22,11 +22,8 @@ Writes ``tools/results/benchmark_network.json`` and ``.md`` (``--out`` changes t
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -43,8 +40,8 @@ if str(ROOT) not in sys.path:
 import dynnorm  # noqa: E402
 from tasks.classification.backbones import CifarResNet, torchvision_resnet18  # noqa: E402
 from tools.benchmark import (  # noqa: E402
-    cpu_name,
     keep_freed_memory_mapped,
+    measurement_meta,
     per_round_ratios,
     quartiles,
     time_interleaved,
@@ -163,12 +160,7 @@ def result(args: argparse.Namespace, device: torch.device, records: list[dict], 
     """The JSON document: how it was measured (command, versions, machine, load) and the records."""
     return {
         "meta": {
-            "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *args.argv]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            **measurement_meta(__file__, args, device),
             "input": list(IMAGE_SHAPE), "classes": NUM_CLASSES, "lr": args.lr, "momentum": MOMENTUM,
             "rounds": args.rounds, "warmup": args.warmup, "warm_memory": args.warm_memory,
             "wall_s": round(time.time() - started, 1),
