@@ -246,9 +246,8 @@ def test_constructible_from_num_features_alone_and_accepts_eps(case):
     assert repr(layer).startswith(type(layer).__name__ + "(32")
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.name != "SSN"], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
 def test_eval_layer_exports_with_torch_export(case):
-    """SSN's SparsestMax has data-dependent control flow; a converged SSN exports after ``dynnorm.revert``."""
     layer = randomize(case.build(SHAPE[1]))
     layer(_x(dtype=torch.float32))
     layer.eval()
