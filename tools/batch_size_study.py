@@ -59,6 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the repository-level `tasks` package
     sys.path.insert(0, str(ROOT))
 
+from tools.results_io import write_atomically  # noqa: E402
+
 #: ``norm`` settings of :class:`ImageClassifier` for the study's names.
 NORMS = {
     "BN": "BN",
@@ -213,10 +215,7 @@ class ResultStore:
     def write(self) -> None:
         summary = {**self.header, "settings": self.settings,
                    "run_seconds_total": round(sum(r["seconds"] for r in self.runs), 1), "runs": self.runs}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(summary, indent=1) + "\n")
-        os.replace(temporary, self.path)
+        write_atomically(self.path, json.dumps(summary, indent=1) + "\n")
 
 
 def run_study(todo: list[tuple[str, int, int]], settings: Settings, workers: int, threads: int,
@@ -385,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     table = aggregate(store.runs)
     title = describe(settings)
     seeds = sorted({run["seed"] for run in store.runs})
-    out.with_suffix(".md").write_text(
+    write_atomically(
+        out.with_suffix(".md"),
         f"Test top-1 accuracy (%), mean ± std over seeds {seeds}, after {_epochs(settings)}; majority class "
         f"{100 * baseline:.1f}%.\n{title.replace(chr(10), ' ')}.\n\n{markdown_table(table)}\n\n`{command}` "
         f"({len(store.runs)} runs, {sum(r['seconds'] for r in store.runs) / 60:.0f} min of run time in "

@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import dynnorm  # noqa: E402
+from tools.results_io import write_atomically  # noqa: E402
 
 DEFAULT_SHAPES = ((8, 64, 56, 56), (2, 256, 32, 32), (32, 128, 28, 28))
 DEFAULT_SMALL_SHAPES = ((2, 32, 14, 14),)
@@ -600,11 +601,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def write(result_: dict, stem: Path, render: Callable[[dict], str] | None = None) -> None:
     """``stem.json`` and ``stem.md`` (``render``, default :func:`markdown`), each written to a temporary file
     and renamed (atomic)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(result_, indent=1)), (".md", (render or markdown)(result_))):
-        tmp = stem.with_suffix(suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(stem.with_suffix(suffix))
+        write_atomically(stem.with_suffix(suffix), text + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,11 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tools.results_io import write_atomically  # noqa: E402
+
 CONFIG = "configs/mmdet/mask-rcnn_r18-w16_fpn_{norm}-all_1xb2-1k_shapes.py"
 LOG_INTERVAL = 50
 METRICS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP", "segm_mAP_50", "segm_mAP_75")
@@ -117,13 +122,6 @@ def markdown(results: list[dict], env: dict) -> str:
                      f"{r['sec_per_iter']:.3f} | {r['peak_rss_mib']:.0f} |")
     lines += ["", f"Command: `{env['command']}`"]
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 import dynnorm  # noqa: E402
+from tools.results_io import write_atomically  # noqa: E402
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -174,12 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{label:>12} {norm:>9}: {rows[norm]['parameters']:>10,d} parameters, "
                   f"{rows[norm]['multiply_adds']:>14,d} multiply-adds", flush=True)
         results[label] = relative_to_baseline(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python tools/norm_cost.py", *(sys.argv[1:] if argv is None else argv)])
     summary = {"command": command, "torch": torch.__version__, "torchvision": torchvision.__version__,
                "python": platform.python_version(), "results": results}
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
+    write_atomically(args.out.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
+    write_atomically(args.out.with_suffix(".md"), markdown(results))
     print(markdown(results))
     return summary
 

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:  # the repository-level `tasks` package
 
 import dynnorm  # noqa: E402
 from dynnorm.recalibrate import repeat_batches  # noqa: E402
+from tools.results_io import write_atomically  # noqa: E402
 
 NORMS = {"BN": nn.BatchNorm2d, "SN": dynnorm.SwitchNorm2d}
 BATCH_SIZE = 2
@@ -147,9 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
                             "train_images": len(data.train_set), "test_images": len(data.test_set),
                             "threads": args.threads, "torch": torch.__version__},
                "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown_table(runs))
+    write_atomically(args.out.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
+    write_atomically(args.out.with_suffix(".md"), markdown_table(runs))
     print(markdown_table(runs))
     return summary
 
