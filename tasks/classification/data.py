@@ -332,6 +332,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 #: split -> (images file, labels file), each plain or gzipped (``.gz``).
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_FILE_NAMES = tuple(name for pair in FASHION_MNIST_FILES.values() for name in pair)
 #: Where :class:`FashionMNISTDataModule` looks for the files without ``root``, in this order (relative
 #: paths from the working directory).
 FASHION_MNIST_SEARCH_PATH = ("data/fashion-mnist", "/usr/share/datasets/fashion-mnist", "data/FashionMNIST/raw")
@@ -344,7 +345,7 @@ FASHION_MNIST_SOURCES = ("the Debian/Ubuntu package: apt-get install dataset-fas
 def fashion_mnist_files(folder: Path) -> dict[str, Path]:
     """The Fashion-MNIST files present in ``folder``, by name (the plain file if both it and ``.gz`` exist)."""
     found = {}
-    for name in (name for pair in FASHION_MNIST_FILES.values() for name in pair):
+    for name in FASHION_MNIST_FILE_NAMES:
         for path in (folder / name, folder / f"{name}.gz"):
             if path.is_file():
                 found[name] = path
@@ -425,13 +426,13 @@ class FashionMNISTDataModule(ClassificationDataModule):
         searched = []
         for folder in self.search_path():
             found = fashion_mnist_files(folder)
-            if len(found) == 2 * len(FASHION_MNIST_FILES):
+            if len(found) == len(FASHION_MNIST_FILE_NAMES):
                 return found
-            missing = [name for pair in FASHION_MNIST_FILES.values() for name in pair if name not in found]
+            missing = [name for name in FASHION_MNIST_FILE_NAMES if name not in found]
             searched.append(f"{folder.absolute()}" + (f" (lacks {', '.join(missing)})" if found else ""))
         raise FileNotFoundError(
-            "Fashion-MNIST not found: no folder holds all four of train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-            "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each plain or .gz). Searched: " + "; ".join(searched)
+            f"Fashion-MNIST not found: no folder holds all four of {', '.join(FASHION_MNIST_FILE_NAMES)} "
+            "(each plain or .gz). Searched: " + "; ".join(searched)
             + f". Get the files from {FASHION_MNIST_SOURCES} (nothing is downloaded).")
 
     def prepare_data(self) -> None:
