@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LaunchRecord", "available", "empty", "empty_like", "interpreting", "launch", "record_launches"]
+__all__ = ["LaunchRecord", "available", "empty", "empty_like", "interpreting", "launch", "record_launches", "recorded"]
 
 
 @functools.cache
@@ -105,7 +105,8 @@ def launch(kernel: Any, grid: Sequence[int], *args: Any, **meta: Any) -> None:
     torch.library.wrap_triton(kernel)[tuple(grid)](*args, **meta)
 
 
-def _recorded(what: str, tensor: Tensor) -> Tensor:
+def recorded(what: str, tensor: Tensor) -> Tensor:
+    """``tensor``, recorded as an allocation named ``what``."""
     for record in _records:
         record.allocations.append((what, tensor.numel() * tensor.element_size()))
     return tensor
@@ -113,9 +114,9 @@ def _recorded(what: str, tensor: Tensor) -> Tensor:
 
 def empty(what: str, shape: Sequence[int] | int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``torch.empty``, recorded under the name ``what``."""
-    return _recorded(what, torch.empty(shape, dtype=dtype, device=device))
+    return recorded(what, torch.empty(shape, dtype=dtype, device=device))
 
 
 def empty_like(what: str, tensor: Tensor) -> Tensor:
     """``torch.empty_like`` (same dtype and strides), recorded under the name ``what``."""
-    return _recorded(what, torch.empty_like(tensor))
+    return recorded(what, torch.empty_like(tensor))
