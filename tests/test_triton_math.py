@@ -1,0 +1,321 @@
+"""The Triton kernels' ``(N, C)``-sized math of EN, DN-B/DN-C, AssocNorm and DN, run by Triton's interpreter on CPU
+tensors, against the reference layer functions of :mod:`dynnorm.functional` in float64.
+
+The reference sees an input built to have the chosen instance moments (two values ``mean +- sqrt(var)`` per
+(n, c), or the mean alone for one value per (n, c)); the coefficients it normalizes with are read where every
+layer applies them (``functional._normalize``), and their gradients come from autograd. The kernels get the same
+moments in a statistics buffer (relative to a reference value ``R``) and must give the same ``scale``/``shift``
+and, from random ``g_scale``/``g_shift``, the same gradients of the moments, of the BN term's statistics and of
+every parameter. In training the BN term's statistics are the batch's (pooled from the moments), and the
+kernels' BN gradients are folded into the moments' by autograd through :func:`dynnorm.functional.pooled_moments`.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable
+from unittest import mock
+
+import pytest
+import torch
+
+from dynnorm import functional
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+REFERENCE = 0.75  # R of the statistics buffers
+EPS = 1e-5
+
+
+@contextlib.contextmanager
+def _interpreter():
+    """``TRITON_INTERPRET=1`` while inside, the previous value after. Triton reads it when it is first imported, when
+    a kernel is defined and when the interpreter runs."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+def _interpreted_here() -> bool:
+    """Whether triton runs interpreted in this process: not imported yet (it will be, below), or imported so."""
+    if "triton" not in sys.modules:
+        return True
+    from triton.language import standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(standard.cdiv, InterpretedFunction)
+
+
+IN_PROCESS = _interpreted_here()
+
+if IN_PROCESS:  # one-program kernels running a layer's forward or backward math alone on given buffers
+    with _interpreter():
+        import triton
+        import triton.language as tl
+
+        from dynnorm.kernels.triton import exemplar
+
+        @triton.jit
+        def exemplar_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                             b2_ptr, ratios_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                             SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+            exemplar.exemplar_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                                   b2_ptr, ratios_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
+
+        @triton.jit
+        def exemplar_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                              b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps,
+                              HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+            exemplar.exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
+                                            b1_ptr, w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr,
+                                            g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """Every math test: under the interpreter, in this process when triton is interpreted here."""
+    if not IN_PROCESS:
+        pytest.skip("triton was imported compiled earlier in this process; test_in_a_subprocess runs this file")
+    with _interpreter():
+        yield
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the tests run in this process")
+def test_in_a_subprocess():
+    """Triton was imported compiled earlier in this process (by another test): run this file in a fresh one."""
+    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"],
+                            env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+# ---- the reference: functional's layer functions on an input with the chosen moments ---------------------------
+
+def _input(mean: torch.Tensor, var: torch.Tensor, single_value: bool) -> torch.Tensor:
+    if single_value:
+        return mean.unsqueeze(-1)
+    std = var.sqrt()
+    return torch.stack([mean + std, mean - std], dim=-1)
+
+
+def _reference_coefficients(layer: Callable, x: torch.Tensor, **arguments):
+    """``(scale, shift, output)`` of a functional layer call: the ``(N, C)`` coefficients it normalizes with."""
+    captured = []
+    normalize = functional._normalize
+
+    def capture(x, reference, mean, scale, shift, *rest):
+        captured.append((scale, shift))
+        return normalize(x, reference, mean, scale, shift, *rest)
+
+    with mock.patch.object(functional, "_normalize", capture):
+        output = layer(x, **arguments)
+    scale, shift = captured[-1]
+    n, c = x.shape[:2]
+    return scale.expand(n, c), shift.expand(n, c), output
+
+
+def _statistics(mean, var, bn_mean, bn_var, dtype) -> torch.Tensor:
+    """A statistics buffer (contract layout) from absolute means."""
+    reference = torch.tensor([REFERENCE], dtype=torch.float64)
+    return torch.cat([(mean - REFERENCE).flatten(), var.flatten(), bn_mean - REFERENCE, bn_var, reference]).to(dtype)
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str) -> None:
+    expected = expected.detach()
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(actual.double().reshape(expected.shape), expected, rtol=tolerance,
+                               atol=tolerance * scale, msg=lambda message: f"{name}: {message}")
+
+
+@dataclass
+class Layer:
+    """How to call one layer's reference and its kernels' math."""
+    name: str
+    parameters: Callable[..., dict]        # (C, generator, **options) -> name -> float64 tensor
+    reference: Callable[..., object]        # the functional layer function, called as (x, **arguments, **options)
+    forward: Callable[..., tuple]           # (stats, N, C, params, options, **blocks) -> scale, shift, extra
+    backward: Callable[..., tuple]          # (..., g_scale, g_shift, **blocks) -> (scale, g_mean, g_var, ...), grads
+    batch_term: bool = True
+    reference_options: tuple[str, ...] = ()  # the options the reference function takes
+
+
+def _head(generator, rows, columns, scale=0.5):
+    return torch.randn(rows, columns, generator=generator, dtype=torch.float64) * scale
+
+
+def _affine(c, generator) -> dict:
+    return {"weight": torch.rand(c, generator=generator, dtype=torch.float64) + 0.5,
+            "bias": torch.randn(c, generator=generator, dtype=torch.float64) * 0.3}
+
+
+def _exemplar_parameters(c, generator, options):
+    hidden = options.get("hidden", 4)
+    return {**_affine(c, generator), "ratio_w1": _head(generator, hidden, 2 * c),
+            "ratio_b1": _head(generator, 1, hidden)[0], "ratio_w2": _head(generator, 3, hidden, 1.0),
+            "ratio_b2": _head(generator, 1, 3)[0]}
+
+
+def _optional(tensor, like):
+    return like.new_empty(0) if tensor is None else tensor
+
+
+def _grad_like(tensor, like):
+    return like.new_empty(0) if tensor is None else torch.empty_like(tensor)
+
+
+def _forward(kernel, stats, n, c, scratch, *args, **meta):
+    """``(scale, shift)`` from a forward math kernel."""
+    coef = torch.full((2 * n * c,), float("nan"), dtype=stats.dtype)
+    kernel[(1,)](stats, coef, stats.new_empty(max(scratch, 1)), n, c, *args, **meta)
+    return coef[:n * c], coef[n * c:]
+
+
+def _backward(kernel, stats, n, c, scratch, g_scale, g_shift, *args, **meta):
+    """``(scale, g_mean, g_var, g_bn_mean, g_bn_var)`` from a backward math kernel."""
+    nc = n * c
+    work = torch.full((5 * nc + 2 * c,), float("nan"), dtype=stats.dtype)
+    work[:nc], work[nc:2 * nc] = g_shift, g_scale
+    kernel[(1,)](stats, work, stats.new_empty(max(scratch, 1)), n, c, *args, **meta)
+    return work[2 * nc:3 * nc], work[3 * nc:4 * nc], work[4 * nc:5 * nc], work[5 * nc:5 * nc + c], work[5 * nc + c:]
+
+
+def _exemplar_meta(p, single, block_n, block_c):
+    return dict(HAS_WEIGHT=p["weight"] is not None, HAS_BIAS=p["bias"] is not None, SINGLE=single, BLOCK_N=block_n,
+                BLOCK_C=block_c)
+
+
+def _exemplar_forward(stats, n, c, p, options, single, block_n, block_c):
+    hidden = p["ratio_b1"].numel()
+    ratios = stats.new_empty(3)
+    scale, shift = _forward(
+        exemplar_forward, stats, n, c, exemplar.exemplar_scratch(n, hidden),
+        _optional(p["weight"], stats), _optional(p["bias"], stats), p["ratio_w1"], p["ratio_b1"], p["ratio_w2"],
+        p["ratio_b2"], ratios, hidden, EPS, **_exemplar_meta(p, single, block_n, block_c))
+    return scale, shift, ratios
+
+
+def _exemplar_backward(stats, n, c, p, options, g_scale, g_shift, single, block_n, block_c):
+    hidden = p["ratio_b1"].numel()
+    grads = [_grad_like(p[k], stats) for k in ("weight", "bias", "ratio_w1", "ratio_b1", "ratio_w2", "ratio_b2")]
+    results = _backward(
+        exemplar_backward, stats, n, c, exemplar.exemplar_scratch(n, hidden), g_scale,
+        g_shift, _optional(p["weight"], stats), _optional(p["bias"], stats), p["ratio_w1"], p["ratio_b1"],
+        p["ratio_w2"], p["ratio_b2"], *grads, hidden, EPS, **_exemplar_meta(p, single, block_n, block_c))
+    return results, grads
+
+
+EXEMPLAR = Layer("EN", _exemplar_parameters, functional.exemplar_norm, _exemplar_forward, _exemplar_backward)
+
+
+def _moments(n, c, single_value, generator):
+    """Leaf instance means (with an offset) and variances (0 for one value per (n, c))."""
+    mean = (torch.randn(n, c, generator=generator, dtype=torch.float64) * 0.7 + REFERENCE + 2).requires_grad_()
+    if single_value:
+        return mean, torch.zeros(n, c, dtype=torch.float64)
+    return mean, (torch.rand(n, c, generator=generator, dtype=torch.float64) + 0.2).requires_grad_()
+
+
+def _check(layer: Layer, n: int, c: int, *, training: bool = True, single_value: bool = False,
+           dtype: torch.dtype = torch.float64, block_n: int = 2, block_c: int = 16, affine: bool = True,
+           seed: int = 0, **options) -> None:
+    """The layer's kernel math against the reference: coefficients, then every gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    mean, var = _moments(n, c, single_value, generator)
+    params = {name: p.requires_grad_() for name, p in layer.parameters(c, generator, options).items()}
+    if not affine:
+        params["weight"] = params["bias"] = None
+    arguments = dict(params)
+    running = None
+    if layer.batch_term:
+        if not training:
+            running = (torch.randn(c, generator=generator, dtype=torch.float64) * 0.5 + REFERENCE + 2,
+                       torch.rand(c, generator=generator, dtype=torch.float64) + 0.3)
+            running = tuple(r.requires_grad_() for r in running)
+        arguments.update(running_mean=running and running[0], running_var=running and running[1],
+                         num_batches_tracked=None, training=training, momentum=0.1)
+    ref_scale, ref_shift, ref_output = _reference_coefficients(
+        layer.reference, _input(mean, var, single_value), eps=EPS, **arguments,
+        **{k: v for k, v in options.items() if k in layer.reference_options})
+
+    with torch.no_grad():
+        if not layer.batch_term:
+            bn_mean, bn_var = torch.full((c,), REFERENCE, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+        elif training:
+            bn_mean, bn_var = (s[0] for s in functional.pooled_moments(mean, var, dim=0))
+        else:
+            bn_mean, bn_var = running
+        stats = _statistics(mean, var, bn_mean, bn_var, dtype)
+    kernel_params = {name: None if p is None else p.detach().to(dtype) for name, p in params.items()}
+    tolerance = 1e-9 if dtype == torch.float64 else 2e-4
+    blocks = dict(single=single_value, block_n=block_n, block_c=block_c)
+    scale, shift, extra = layer.forward(stats, n, c, kernel_params, options, **blocks)
+    _assert_close(scale, ref_scale, tolerance, "scale")
+    _assert_close(shift, ref_shift, tolerance, "shift")
+    if extra is not None:
+        _assert_close(extra, ref_output[1], tolerance, "extra output")
+
+    g_scale = torch.randn(n, c, generator=generator, dtype=torch.float64)
+    g_shift = torch.randn(n, c, generator=generator, dtype=torch.float64)
+    leaves = {"mean": mean, "var": var, **{k: p for k, p in params.items() if p is not None}}
+    if running is not None:
+        leaves.update(running_mean=running[0], running_var=running[1])
+    names = [k for k, v in leaves.items() if v.requires_grad]
+    expected = dict(zip(names, torch.autograd.grad((g_scale * ref_scale + g_shift * ref_shift).sum(),
+                                                   [leaves[k] for k in names], allow_unused=True)))
+    (scale_again, g_mean, g_var, g_bn_mean, g_bn_var), grads = layer.backward(
+        stats, n, c, kernel_params, options, g_scale.to(dtype).flatten(), g_shift.to(dtype).flatten(),
+        **blocks)
+    torch.testing.assert_close(scale_again, scale, rtol=0, atol=0)
+    g_mean, g_var = g_mean.double().reshape(n, c), g_var.double().reshape(n, c)
+    g_bn_mean, g_bn_var = g_bn_mean.double(), g_bn_var.double()
+    if not layer.batch_term:
+        assert not g_bn_mean.any() and not g_bn_var.any()
+    elif training:  # the batch statistics are functions of the moments
+        pooled_mean, pooled_var = functional.pooled_moments(mean, var, dim=0)
+        pooled = [t for t in (mean, var) if t.requires_grad]
+        folded = torch.autograd.grad((pooled_mean, pooled_var), pooled, (g_bn_mean[None], g_bn_var[None]))
+        g_mean = g_mean + folded[0]
+        if not single_value:
+            g_var = g_var + folded[1]
+    else:
+        _assert_close(g_bn_mean, expected["running_mean"], tolerance, "g_bn_mean")
+        _assert_close(g_bn_var, expected["running_var"], tolerance, "g_bn_var")
+    _assert_close(g_mean, expected["mean"], tolerance, "g_mean")
+    if not single_value:
+        _assert_close(g_var, expected["var"], tolerance, "g_var")
+    for name, grad in zip(params, grads):
+        if params[name] is None:
+            assert grad.numel() == 0, name
+        else:
+            assert grad.dtype == dtype and grad.shape == params[name].shape, name
+            _assert_close(grad, expected[name], tolerance, f"d_{name}")
+
+
+# ---- EN -------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("n, c, block_n, block_c", [(2, 5, 2, 16), (3, 37, 2, 16), (1, 16, 4, 16), (5, 8, 4, 8)])
+def test_exemplar(interpreted, n, c, block_n, block_c, training):
+    _check(EXEMPLAR, n, c, training=training, block_n=block_n, block_c=block_c)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_exemplar_one_value_per_row(interpreted, training):
+    """L == 1: IN is left out of the ratios."""
+    _check(EXEMPLAR, 3, 6, training=training, single_value=True)
+
+
+def test_exemplar_wide_head_no_affine_float32(interpreted):
+    _check(EXEMPLAR, 2, 21, dtype=torch.float32, affine=False, hidden=5)
