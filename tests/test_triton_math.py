@@ -65,7 +65,7 @@ if IN_PROCESS:  # one-program kernels running a layer's forward or backward math
         import triton
         import triton.language as tl
 
-        from dynnorm.kernels.triton import exemplar
+        from dynnorm.kernels.triton import dynamic_affine, exemplar
 
         @triton.jit
         def exemplar_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
@@ -82,6 +82,24 @@ if IN_PROCESS:  # one-program kernels running a layer's forward or backward math
             exemplar.exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
                                             b1_ptr, w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr,
                                             g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
+
+        @triton.jit
+        def dynamic_affine_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
+                                   w2_ptr, b2_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                   PER_SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+            dynamic_affine.dynamic_affine_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
+                                               b1_ptr, w2_ptr, b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, PER_SAMPLE,
+                                               BLOCK_N, BLOCK_C)
+
+        @triton.jit
+        def dynamic_affine_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
+                                    w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr,
+                                    H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                    PER_SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+            dynamic_affine.dynamic_affine_math_backward(
+                stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS,
+                PER_SAMPLE, BLOCK_N, BLOCK_C)
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +237,40 @@ def _exemplar_backward(stats, n, c, p, options, g_scale, g_shift, single, block_
 EXEMPLAR = Layer("EN", _exemplar_parameters, functional.exemplar_norm, _exemplar_forward, _exemplar_backward)
 
 
+def _dynamic_affine_parameters(c, generator, options):
+    hidden = options.get("hidden", 4)
+    return {**_affine(c, generator), "sc_w1": _head(generator, hidden, 2 * c),
+            "sc_b1": _head(generator, 1, hidden)[0], "sc_w2": _head(generator, 2 * c, hidden),
+            "sc_b2": _head(generator, 1, 2 * c)[0]}
+
+
+_GENERATOR = ("weight", "bias", "sc_w1", "sc_b1", "sc_w2", "sc_b2")
+
+
+def _dynamic_affine_forward(stats, n, c, p, options, single, block_n, block_c):
+    hidden, per_sample = p["sc_b1"].numel(), options["per_sample"]
+    scale, shift = _forward(
+        dynamic_affine_forward, stats, n, c, dynamic_affine.dynamic_affine_scratch(n, c, hidden, per_sample),
+        *(_optional(p[k], stats) for k in _GENERATOR), hidden, EPS, HAS_WEIGHT=p["weight"] is not None,
+        HAS_BIAS=p["bias"] is not None, PER_SAMPLE=per_sample, BLOCK_N=block_n, BLOCK_C=block_c)
+    return scale, shift, None
+
+
+def _dynamic_affine_backward(stats, n, c, p, options, g_scale, g_shift, single, block_n, block_c):
+    hidden, per_sample = p["sc_b1"].numel(), options["per_sample"]
+    grads = [_grad_like(p[k], stats) for k in _GENERATOR]
+    results = _backward(
+        dynamic_affine_backward, stats, n, c, dynamic_affine.dynamic_affine_scratch(n, c, hidden, per_sample),
+        g_scale, g_shift, *(_optional(p[k], stats) for k in _GENERATOR), *grads, hidden, EPS,
+        HAS_WEIGHT=p["weight"] is not None, HAS_BIAS=p["bias"] is not None, PER_SAMPLE=per_sample, BLOCK_N=block_n,
+        BLOCK_C=block_c)
+    return results, grads
+
+
+DYNAMIC_AFFINE = Layer("DN-B/C", _dynamic_affine_parameters, functional.dynamic_affine_norm, _dynamic_affine_forward,
+                       _dynamic_affine_backward, reference_options=("per_sample",))
+
+
 def _moments(n, c, single_value, generator):
     """Leaf instance means (with an offset) and variances (0 for one value per (n, c))."""
     mean = (torch.randn(n, c, generator=generator, dtype=torch.float64) * 0.7 + REFERENCE + 2).requires_grad_()
@@ -319,3 +371,18 @@ def test_exemplar_one_value_per_row(interpreted, training):
 
 def test_exemplar_wide_head_no_affine_float32(interpreted):
     _check(EXEMPLAR, 2, 21, dtype=torch.float32, affine=False, hidden=5)
+
+
+# ---- DN-B / DN-C ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("per_sample", [True, False], ids=["DN-B", "DN-C"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("n, c, block_n, block_c", [(2, 6, 2, 16), (3, 37, 2, 16), (1, 9, 2, 8)])
+def test_dynamic_affine(interpreted, n, c, block_n, block_c, training, per_sample):
+    _check(DYNAMIC_AFFINE, n, c, training=training, block_n=block_n, block_c=block_c, per_sample=per_sample)
+
+
+@pytest.mark.parametrize("per_sample", [True, False], ids=["DN-B", "DN-C"])
+def test_dynamic_affine_one_value_per_row_no_affine_float32(interpreted, per_sample):
+    _check(DYNAMIC_AFFINE, 4, 10, single_value=True, dtype=torch.float32, affine=False, hidden=5,
+           per_sample=per_sample)
