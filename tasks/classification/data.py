@@ -353,6 +353,30 @@ def fashion_mnist_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def fashion_mnist_search_path(root: Optional[str | Path] = None) -> list[Path]:
+    """The folders that may hold the four files, in the order they are tried: ``root`` and its torchvision
+    layout ``root/FashionMNIST/raw``, or without ``root`` :data:`FASHION_MNIST_SEARCH_PATH`."""
+    if root is None:
+        return [Path(folder) for folder in FASHION_MNIST_SEARCH_PATH]
+    return [Path(root), Path(root) / "FashionMNIST" / "raw"]
+
+
+def find_fashion_mnist(folders: Sequence[Path]) -> dict[str, Path]:
+    """The four files from the first of ``folders`` that holds all of them; ``FileNotFoundError`` lists the
+    folders searched and where to get the files otherwise."""
+    searched = []
+    for folder in folders:
+        found = fashion_mnist_files(folder)
+        if len(found) == len(FASHION_MNIST_FILE_NAMES):
+            return found
+        missing = [name for name in FASHION_MNIST_FILE_NAMES if name not in found]
+        searched.append(f"{folder.absolute()}" + (f" (lacks {', '.join(missing)})" if found else ""))
+    raise FileNotFoundError(
+        f"Fashion-MNIST not found: no folder holds all four of {', '.join(FASHION_MNIST_FILE_NAMES)} "
+        "(each plain or .gz). Searched: " + "; ".join(searched)
+        + f". Get the files from {FASHION_MNIST_SOURCES} (nothing is downloaded).")
+
+
 def load_fashion_mnist(images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:
     """One split: ``(N, 1, 28, 28)`` uint8 images and ``(N,)`` int64 labels in ``0..9``.
 
@@ -416,24 +440,11 @@ class FashionMNISTDataModule(ClassificationDataModule):
 
     def search_path(self) -> list[Path]:
         """The folders that may hold the files, in the order they are tried."""
-        if self.root is None:
-            return [Path(folder) for folder in FASHION_MNIST_SEARCH_PATH]
-        return [self.root, self.root / "FashionMNIST" / "raw"]
+        return fashion_mnist_search_path(self.root)
 
     def files(self) -> dict[str, Path]:
-        """The four files from the first folder of :meth:`search_path` that holds all of them;
-        ``FileNotFoundError`` lists the folders searched and where to get the files otherwise."""
-        searched = []
-        for folder in self.search_path():
-            found = fashion_mnist_files(folder)
-            if len(found) == len(FASHION_MNIST_FILE_NAMES):
-                return found
-            missing = [name for name in FASHION_MNIST_FILE_NAMES if name not in found]
-            searched.append(f"{folder.absolute()}" + (f" (lacks {', '.join(missing)})" if found else ""))
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found: no folder holds all four of {', '.join(FASHION_MNIST_FILE_NAMES)} "
-            "(each plain or .gz). Searched: " + "; ".join(searched)
-            + f". Get the files from {FASHION_MNIST_SOURCES} (nothing is downloaded).")
+        """The four files (:func:`find_fashion_mnist` over :meth:`search_path`)."""
+        return find_fashion_mnist(self.search_path())
 
     def prepare_data(self) -> None:
         self.files()
