@@ -13,6 +13,11 @@ from torch import Tensor, nn
 
 from ._base import DynNormBase
 
+#: The starting points of :class:`DynamicNorm2d` (see its note).
+INITS = ("bn", "half")
+#: ``init='bn'``: the batch logits start at ``+START_LOGIT``, the channel logits at ``-START_LOGIT``.
+START_LOGIT = 3.0
+
 
 def channel_factors(num_channels: int) -> tuple[int, ...]:
     """Factor sizes of ``C = r * 2**k`` (``r`` odd), most significant first: ``(r, 2, ..., 2)``.
@@ -50,11 +55,27 @@ class DynamicNorm2d(DynNormBase):
         **Confirmed from the paper (abstract):** DN learns how the statistics are estimated, is differentiable
         end to end with few parameters, and uses a matrix formulation covering many normalizers. **Not
         confirmed (a reconstruction):** the Kronecker factorisation with soft sigmoid gates (the device of
-        the same group's DGConv), the batch factor, the separate mean/variance matrices, the initialisation
-        (all logits 0: every factor halfway between identity and averaging) and evaluation with running BN
-        statistics for the batch-pooled part. Treat results as those of this design, not of the paper.
+        the same group's DGConv), the batch factor, the separate mean/variance matrices and evaluation with
+        running BN statistics for the batch-pooled part. Treat results as those of this design, not of the
+        paper.
 
-    Args: as :class:`SwitchNorm2d` (without ``using_bn``).
+        **Starting point (this implementation's choice; the paper's is not known):** ``init='bn'`` (default)
+        starts next to BatchNorm, every batch logit at ``+3`` and every channel logit at ``-3``
+        (:data:`START_LOGIT`), for the mean and the variance alike: ``b = sigmoid(3) = 0.953``,
+        ``g_i = sigmoid(-3) = 0.047``. Each statistic then pools the moments with
+        ``A = (b/N J_N + (1 - b) I_N) kron (g/s_1 J + (1 - g) I) kron ...``: 95% batch statistics, 5% the
+        sample's own, and each channel factor blends in 4.7% of its partner channels' average, so a channel's
+        own BN statistic carries ``b * prod_i (1 - g (1 - 1/s_i))`` of the weight (0.865 at 16 channels, 0.825
+        at 64). The logits stay finite so that the gates keep gradients (``sigmoid'(3) = 0.045``).
+        ``init='half'`` (every logit 0: each factor halfway between identity and averaging) is this layer's
+        earlier start, kept to reproduce results obtained with it: its gates move little in short training
+        (see :func:`dynnorm.diagnostics.dynamic_norm_mixture`), so the layer stays near that fixed mixture. As
+        for BN, training at one image per device gives the batch gate no signal (the batch and the sample
+        coincide) while evaluation uses the running statistics through it.
+
+    Args: as :class:`SwitchNorm2d` (without ``using_bn``), and
+        init: ``'bn'`` (start next to BatchNorm) or ``'half'`` (every gate at 1/2); see the note.
+            Default: ``'bn'``
 
     Shape:
         - Input: ``(N, C, H, W)``; Output: same shape and dtype.
@@ -68,7 +89,10 @@ class DynamicNorm2d(DynNormBase):
 
     mixture_parameter_names = ("mean_gate_logits", "var_gate_logits", "mean_batch_logit", "var_batch_logit")
 
-    def __init__(self, num_features: int, *args, **kwargs) -> None:
+    def __init__(self, num_features: int, *args, init: str = "bn", **kwargs) -> None:
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
+        self.init = init
         super().__init__(num_features, *args, batch_statistics=True, **kwargs)
         self.factors = channel_factors(self.num_features)
         factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
@@ -79,9 +103,16 @@ class DynamicNorm2d(DynNormBase):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """``init='bn'``: batch logits ``+START_LOGIT``, channel logits ``-START_LOGIT``; ``init='half'``: all 0."""
         super().reset_parameters()
-        for logits in (self.mean_gate_logits, self.var_gate_logits, self.mean_batch_logit, self.var_batch_logit):
-            nn.init.zeros_(logits)
+        start = START_LOGIT if self.init == "bn" else 0.0
+        for logit in (self.mean_batch_logit, self.var_batch_logit):
+            nn.init.constant_(logit, start)
+        for logits in (self.mean_gate_logits, self.var_gate_logits):
+            nn.init.constant_(logits, -start)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, init={self.init!r}"
 
     def gates(self) -> dict[str, Tensor]:
         """The gate values in [0, 1]: ``mean_channel``/``var_channel`` ``(K,)``, ``mean_batch``/``var_batch`` ``()``."""

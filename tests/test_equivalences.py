@@ -173,8 +173,8 @@ def test_associate_norm_without_decoders_is_group_norm():
     torch.testing.assert_close(layer(x), tF.group_norm(x, 32, eps=layer.eps))
 
 
-def test_associate_norm_initial_scale_is_about_one_and_a_half():
-    layer = dynnorm.AssociateNorm2d(64, dtype=torch.float64)
+def test_associate_norm_paper_initial_scale_is_about_one_and_a_half():
+    layer = dynnorm.AssociateNorm2d(64, init="paper", dtype=torch.float64)
     x = _x((4, 64, 8, 8))
     standardized = tF.group_norm(x, 32, eps=layer.eps)
     with torch.no_grad():
