@@ -57,6 +57,61 @@ def test_interpreter_in_subprocess(request):
     assert re.search(r"\d+ passed", summary) and re.search(r"\b1 skipped", summary), result.stdout[-3000:]
 
 
+@pytest.mark.skipif(IN_PROCESS, reason="the kernels are interpreted in this process")
+def test_kernels_compile_for_h100(monkeypatch):
+    """Every kernel a layer call launches compiles to an sm_90 binary (no GPU needed): what the interpreter cannot
+    check (types, constexpr branches, layouts). The launches are captured instead of run."""
+    from triton import compile as triton_compile
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import native_specialize_impl
+
+    launches = {}
+
+    def capture(kernel):
+        def launch(*args, **meta):  # the specialization triton's launcher makes (an int equal to 1 is a constexpr)
+            signature, constants, attributes = {}, {}, {}
+            for i, param in enumerate(kernel.params):
+                value = args[i] if i < len(args) else meta[param.name]
+                kind, attribute = ("constexpr", None) if param.is_constexpr else native_specialize_impl(
+                    BaseBackend, value, False, True, True)
+                signature[param.name] = kind
+                if kind == "constexpr":
+                    constants[param.name] = value
+                if attribute == "D":
+                    attributes[(i,)] = [["tt.divisibility", 16]]
+            key = (kernel.fn.__name__, tuple(signature.items()), tuple(constants.items()))
+            launches[key] = (kernel, signature, constants, attributes, meta.get("num_warps", 4))
+        return launch
+
+    monkeypatch.setattr(torch.library, "wrap_triton", lambda kernel: _Grid(capture(kernel)))
+    for layer in LAYERS:
+        for case in (Case((2, 6, 5, 7)), Case((3, 5), dtype=torch.bfloat16, training=False, affine=False,
+                                               bn_term=False), Case((1, 4, 3, 3), channels_last=True, training=False)):
+            C = case.shape[1]
+            p = _cast(layer.parameters(case, C), case.dtype)
+            p.update({k: v for k, v in (("freeze", True), ("mixture_logits", case.affine)) if k in p})
+            x = _input(case)
+            rm, rv = (None, None) if case.training else _running(C, torch.float32)
+            outputs = layer.forward(x, p, rm, rv, case.training)
+            layer.backward(torch.randn_like(x), x, outputs, p, case.training, True)
+    assert len(launches) >= 6 * len(LAYERS)
+    for kernel, signature, constants, attributes, warps in launches.values():
+        compiled = triton_compile(ASTSource(kernel, signature, constants, attributes),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        assert compiled.asm["cubin"], kernel.fn.__name__
+
+
+class _Grid:
+    """``wrap_triton(kernel)`` replaced: ``[grid]`` gives ``launch``."""
+
+    def __init__(self, launch: Callable) -> None:
+        self.launch = launch
+
+    def __getitem__(self, grid) -> Callable:
+        return self.launch
+
+
 # ---- the layers ---------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +205,7 @@ SPARSE = Layer(
         x, p["weight"], p["bias"], p["mean_weight"], p["var_weight"], p["radius"], p["mean_fixed"], p["var_fixed"],
         p["mean_selected"], p["var_selected"], rm, rv, training, 1e-5, p["freeze"]),
     backward=lambda g, x, out, p, batch, input_grad: kernels.sparse_switch_norm_backward(
-        g, x, out[1], p["weight"], p["bias"], p["mean_weight"], p["var_weight"], p["radius"], out[2], out[3], batch,
+        g, x, out[1], p["weight"], p["bias"], p["mean_weight"], p["var_weight"], p["radius"], out[3], out[4], batch,
         1e-5, input_grad),
     reference=lambda x, p, rm, rv, training: functional.sparse_switch_norm(
         x, weight=p["weight"], bias=p["bias"], mean_weight=p["mean_weight"], var_weight=p["var_weight"],
@@ -220,6 +275,7 @@ def _check_layer(layer: Layer, case: Case) -> None:
     y_ref = layer.reference(xr, pr, rm_ref, rv_ref, case.training)
     _close(y, y_ref, case.dtype, "y")
     _check_stats(stats, x, case, rm_ref, rv_ref, layer.has_bn(p))
+    _check_batch(outputs[2], x, case, layer.has_bn(p))
 
     grad_y = torch.randn(case.shape, dtype=torch.float64).to(case.dtype)
     y_ref.backward(grad_y.double())
@@ -258,6 +314,20 @@ def _check_stats(stats: torch.Tensor, x: torch.Tensor, case: Case, running_mean,
         torch.testing.assert_close(bn_mean, flat.mean((0, 2)), rtol=tol, atol=tol * (1 + abs(case.offset)))
         torch.testing.assert_close(bn_var, flat.transpose(0, 1).reshape(C, -1).var(1, correction=0), rtol=tol,
                                    atol=tol)
+
+
+def _check_batch(batch: torch.Tensor, x: torch.Tensor, case: Case, has_bn: bool) -> None:
+    """The batch statistics for the running averages: mean and unbiased variance, or zeros."""
+    C = case.shape[1]
+    assert batch.shape == (2, C) and batch.dtype == functional.accumulation_dtype(x.dtype)
+    if not (case.training and has_bn):
+        assert torch.all(batch == 0)
+        return
+    values = x.double().transpose(0, 1).reshape(C, -1)
+    tol = _tolerance(torch.float32 if case.dtype != torch.float64 else torch.float64)
+    torch.testing.assert_close(batch[0].double(), values.mean(1), rtol=tol, atol=tol * (1 + abs(case.offset)))
+    torch.testing.assert_close(batch[1].double(), values.var(1, correction=1 if values.shape[1] > 1 else 0),
+                               rtol=tol, atol=tol)
 
 
 CASES = [
@@ -373,7 +443,7 @@ def test_non_finite_input_reaches_only_its_statistics():
     x = _input(case)
     x[0, 0, 2] = float("nan")
     p = SWITCH.parameters(case, 4)
-    y, stats = SWITCH.forward(x, p, None, None, True)
+    y, stats, batch = SWITCH.forward(x, p, None, None, True)
     assert torch.isfinite(stats[-1])  # R averages the finite first values
     assert torch.isnan(y[0]).all() and torch.isnan(y[:, 0]).all()  # its sample (LN) and channel (BN)
     assert torch.isfinite(y[1:, 1:]).all()
@@ -387,7 +457,7 @@ def test_non_finite_logits_give_nan_never_freeze(bad):
     p = SPARSE.parameters(case, 3, radius=0.9)
     p["mean_weight"][1] = bad
     p["freeze"] = True
-    y, stats, mixtures, state = SPARSE.forward(x, p, None, None, True)
+    y, stats, batch, mixtures, state = SPARSE.forward(x, p, None, None, True)
     assert torch.isnan(mixtures[0]).all() and torch.isnan(y).all()
     assert state[0] == 0 and state[2] == 0  # the mean mixture did not freeze
     p = SWITCH.parameters(case, 3)
@@ -405,15 +475,16 @@ def test_sparse_freezes_on_device_and_uses_the_selection():
     p["mean_weight"] = torch.tensor([0.1, 0.9, 0.3], dtype=torch.float64)
     p["var_weight"] = torch.tensor([0.2, 0.1, 0.8], dtype=torch.float64)
     p["freeze"] = True
-    y, stats, mixtures, state = SPARSE.forward(x, p, None, None, True)
+    outputs = SPARSE.forward(x, p, None, None, True)
+    mixtures, state = outputs[3], outputs[4]
     assert state.dtype == torch.long and state.tolist() == [1, 1, 1, 2]
     torch.testing.assert_close(mixtures, torch.tensor([[0.0, 1, 0], [0, 0, 1]], dtype=torch.float64))
-    grads = SPARSE.backward(torch.randn_like(x), x, (y, stats, mixtures, state), p, True, True)
+    grads = SPARSE.backward(torch.randn_like(x), x, outputs, p, True, True)
     assert torch.all(grads[3] == 0) and torch.all(grads[4] == 0)  # fixed mixtures' logits: zero gradient
     # without freeze the state is passed through, and a fixed mixture is one-hot at its selection (not the argmax)
     p.update(freeze=False, radius=torch.tensor(0.0, dtype=torch.float64), mean_fixed=torch.tensor(True),
              mean_selected=torch.tensor(2))
-    y, stats, mixtures, state = SPARSE.forward(x, p, None, None, True)
+    y, stats, batch, mixtures, state = SPARSE.forward(x, p, None, None, True)
     assert state.tolist() == [1, 0, 2, 0]
     assert mixtures[0].tolist() == [0.0, 0.0, 1.0] and 0 < mixtures[1].max() < 1
     _close(y, SPARSE.reference(x, p, None, None, True), torch.float64, "y")

@@ -33,7 +33,9 @@ Files and names
 
 Buffers (all in the accumulation dtype ``acc = stats_ptr.dtype.element_ty``: float32, float64 for float64 inputs)
     ``stats`` (returned): ``mean[N*C] | var[N*C] | bn_mean[C] | bn_var[C] | R[1]``, index ``n * C + c``;
-    :func:`passes.stats_regions` returns the five pointers. ``coef`` (forward work): ``scale[N*C] | shift[N*C]``.
+    :func:`passes.stats_regions` returns the five pointers. ``batch`` (returned, ``(2, C)``): the batch's mean and
+    unbiased variance for the running averages, written by the prologue (zeros unless the BN term used the
+    batch's statistics). ``coef`` (forward work): ``scale[N*C] | shift[N*C]``.
     Backward ``work``: ``g_shift | g_scale | scale | g_mean | g_var`` (``N*C`` each) ``| g_bn_mean | g_bn_var``
     (``C`` each); :func:`passes.work_regions` returns the seven pointers. ``scratch``: a layer-private region of
     the size the layer asks for (``scratch=`` of the plan), for values shared between phases of its math.
@@ -41,14 +43,14 @@ Buffers (all in the accumulation dtype ``acc = stats_ptr.dtype.element_ty``: flo
 Forward math kernel (one program; launched with ``grid=(1,)``)::
 
     @triton.jit
-    def _layer_forward_kernel(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, coef_ptr,
-                              scratch_ptr, N, C, L, S,                      # plan.math_args()
+    def _layer_forward_kernel(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr,
+                              coef_ptr, scratch_ptr, N, C, L, S,            # plan.math_args()
                               <layer tensors and floats>,
                               HAS_BN: tl.constexpr, USE_RUNNING: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,  # plan.math_meta
                               <layer constexprs>):
-        forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, N, C, L, S,
-                         HAS_BN, USE_RUNNING, BLOCK_N, BLOCK_C)            # writes stats; ends with a barrier
+        forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr, N, C,
+                         L, S, HAS_BN, USE_RUNNING, BLOCK_N, BLOCK_C)      # stats, batch; ends with a barrier
         <the layer's math: read stats, write coef (every element)>
 
 Backward math kernel (one program)::
@@ -76,7 +78,7 @@ Python side (see ``switch.py``)::
         w, has_w = passes.optional(weight, plan.stats)
         launch(_layer_forward_kernel, (1,), *plan.math_args(), w, ..., float(eps),
                **plan.math_meta, HAS_WEIGHT=has_w, ...)                      # launch 2
-        return plan.normalize(), plan.stats                                  # launch 3
+        return plan.normalize(), plan.stats, plan.batch                      # launch 3 (+ extra outputs)
 
     def layer_backward(grad_y, x, stats, weight, ..., batch_from_input, eps, ..., input_grad):
         plan = passes.Backward(grad_y, x, stats, fold_bn=batch_from_input, input_grad=input_grad)  # launch 1
@@ -130,8 +132,3 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
-
-def kernel_modules() -> list[str]:
-    """Names of the modules that define kernels (imported together by the tests under the interpreter)."""
-    return [f"{__name__}.passes", f"{__name__}.small"] + [
-        f"{__name__}.{m}" for m in dict.fromkeys(_LAYER_MODULES.values())]

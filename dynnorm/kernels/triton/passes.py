@@ -40,8 +40,9 @@ __all__ = [
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
-#: elements of a tile of the input passes (BLOCK_C * BLOCK_L)
+#: elements of a tile of the input passes (BLOCK_C * BLOCK_L), and the fewest a channels-last tile is cut down to
 TILE = 2048
+MIN_TILE = 256
 #: most positions per tile of a contiguous input, most channels per tile of a channels-last one
 MAX_BLOCK_L = 1024
 MAX_BLOCK_C = 64
@@ -124,20 +125,28 @@ def geometry(x: Tensor) -> Geometry:
         raise ValueError(f"the Triton kernels need a contiguous or channels-last input, got strides {x.stride()}")
     N, C = x.shape[0], x.shape[1]
     L = x.numel() // (N * C)
+    target = PROGRAMS_PER_SM * _multiprocessors(x.device)
+
+    def programs(block_c: int, block_l: int) -> int:  # with one tile per program
+        return N * triton.cdiv(C, block_c) * triton.cdiv(L, block_l)
+
     if strides[2] != 1 and strides[1] == 1 and L > 1:  # channels-last: channels are the fast axis
         block_c = min(_pow2(C), MAX_BLOCK_C)
         block_l = max(1, min(_pow2(L), TILE // block_c))
+        while block_l > 1 and block_c * block_l > MIN_TILE and programs(block_c, block_l) < target:
+            block_l //= 2  # few samples: more, smaller tiles along the positions
     else:
         block_l = min(_pow2(L), MAX_BLOCK_L)
         block_c = max(1, min(_pow2(C), TILE // block_l))
+        while block_c > 1 and programs(block_c, block_l) < target:
+            block_c //= 2  # few rows: fewer rows per tile
     rows = N * triton.cdiv(C, block_c)
-    wanted = triton.cdiv(PROGRAMS_PER_SM * _multiprocessors(x.device), rows)
-    splits = max(1, min(triton.cdiv(L, block_l), wanted, MAX_SPLITS))
+    splits = max(1, min(triton.cdiv(L, block_l), triton.cdiv(target, rows), MAX_SPLITS))
     chunk = triton.cdiv(triton.cdiv(L, splits), block_l) * block_l
     splits = triton.cdiv(L, chunk)
     math_block_c = min(_pow2(C), MATH_MAX_BLOCK_C)
     math_block_n = max(1, min(_pow2(N), MATH_TILE // math_block_c))
-    return Geometry(N, C, L, strides, block_c, block_l, chunk, splits, 4 if block_c * block_l <= 1024 else 8,
+    return Geometry(N, C, L, strides, block_c, block_l, chunk, splits, max(1, min(8, block_c * block_l // 256)),
                     math_block_n, math_block_c)
 
 
@@ -204,13 +213,15 @@ def _batch_moments(mean_ptr, var_ptr, c, c_ok, N, C, BLOCK_N: tl.constexpr, BLOC
 
 
 @triton.jit
-def forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, N, C, L, S,
+def forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr, N, C, L, S,
                      HAS_BN: tl.constexpr, USE_RUNNING: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_C: tl.constexpr):
     """Merge the moments kernel's partial sums into the stats buffer: ``R`` (the average first value),
     ``mean - R`` and ``var`` per (n, c), and the BN term's ``bn_mean - R``/``bn_var`` (the batch's pooled moments,
-    the running statistics with ``USE_RUNNING``, zeros without ``HAS_BN``). ``R`` averages the finite first
-    values only, so a non-finite value reaches only the statistics that contain it. Ends with a barrier."""
+    the running statistics with ``USE_RUNNING``, zeros without ``HAS_BN``); and the ``batch`` output ``(2, C)``:
+    the batch's mean and unbiased variance for the running averages (zeros unless the batch's statistics are
+    used). ``R`` averages the finite first values only, so a non-finite value reaches only the statistics that
+    contain it. Ends with a barrier."""
     acc = stats_ptr.dtype.element_ty
     mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
     NC = N * C
@@ -239,20 +250,28 @@ def forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, sta
             tl.store(var_ptr + j, tl.maximum(squares / L - correction * correction, 0.0), mask=mask)
     tl.store(reference_ptr, reference)
     tl.debug_barrier()
+    count = (tl.zeros([], acc) + N) * L  # values per channel, in acc (N or L may be a constexpr 1)
+    unbiased = tl.where(count > 1, count / (count - 1), 1.0)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
+        batch_mean = tl.zeros([BLOCK_C], acc)
+        batch_var = tl.zeros([BLOCK_C], acc)
         if HAS_BN:
             if USE_RUNNING:
                 bn_mean = tl.load(running_mean_ptr + c, mask=c_ok, other=0.0).to(acc) - reference
                 bn_var = tl.load(running_var_ptr + c, mask=c_ok, other=0.0).to(acc)
             else:
                 bn_mean, bn_var = _batch_moments(mean_ptr, var_ptr, c, c_ok, N, C, BLOCK_N, BLOCK_C)
+                batch_mean = bn_mean + reference
+                batch_var = bn_var * unbiased
         else:
             bn_mean = tl.zeros([BLOCK_C], acc)
             bn_var = tl.zeros([BLOCK_C], acc)
         tl.store(bn_mean_ptr + c, bn_mean, mask=c_ok)
         tl.store(bn_var_ptr + c, bn_var, mask=c_ok)
+        tl.store(batch_ptr + c, batch_mean, mask=c_ok)
+        tl.store(batch_ptr + C + c, batch_var, mask=c_ok)
     tl.debug_barrier()
 
 
@@ -410,9 +429,10 @@ def input_gradient_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, coef_ptr, N, C, L, c
 # ---- the plans: buffers and launches of one layer call ------------------------------------------------------
 
 class Forward:
-    """One forward call: validates ``x``, allocates ``stats`` and the work buffer, launches the moments kernel
-    (launch 1); :meth:`math_args`/:attr:`math_meta` feed the layer's math kernel (launch 2), :meth:`normalize`
-    launches the normalize kernel (launch 3).
+    """One forward call: validates ``x``, allocates ``stats``, ``batch`` and the work buffer, launches the moments
+    kernel (launch 1); :meth:`math_args`/:attr:`math_meta` feed the layer's math kernel (launch 2),
+    :meth:`normalize` launches the normalize kernel (launch 3). The forward returns ``(y, plan.stats, plan.batch,
+    <the layer's extra outputs>)``.
 
     Args:
         x: the input, ``(N, C, *)``, contiguous or channels-last.
@@ -436,6 +456,7 @@ class Forward:
         acc = accumulation_dtype(x.dtype)
         NC, S = g.rows, g.splits
         self.stats = empty("stats", (2 * NC + 2 * g.C + 1,), dtype=acc, device=x.device)
+        self.batch = empty("batch", (2, g.C), dtype=acc, device=x.device)
         work = empty("work", (2 * S * NC + 3 * NC + max(scratch, 1),), dtype=acc, device=x.device)
         self.part, self.first = work[:2 * S * NC], work[2 * S * NC:(2 * S + 1) * NC]
         self.coef, self.scratch = work[(2 * S + 1) * NC:(2 * S + 3) * NC], work[(2 * S + 3) * NC:]
@@ -447,8 +468,8 @@ class Forward:
     def math_args(self) -> tuple:
         """The leading arguments of a forward math kernel (see the package's conventions)."""
         g = self.geometry
-        return (self.part, self.first, self.running_mean, self.running_var, self.stats, self.coef, self.scratch,
-                g.N, g.C, g.L, g.splits)
+        return (self.part, self.first, self.running_mean, self.running_var, self.stats, self.batch, self.coef,
+                self.scratch, g.N, g.C, g.L, g.splits)
 
     @property
     def math_meta(self) -> dict:

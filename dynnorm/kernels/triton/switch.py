@@ -9,6 +9,7 @@ vector at ``selected`` once a mixture is fixed, and a ``freeze`` call fixes a mi
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -237,13 +238,13 @@ def _backward_math(stats_ptr, work_ptr, scratch_ptr, weight_ptr, d_weight_ptr, d
 # ---- kernels ------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _switch_norm_forward_kernel(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, coef_ptr,
-                                scratch_ptr, N, C, L, S, weight_ptr, bias_ptr, mean_mixture_ptr, var_mixture_ptr,
+def _switch_norm_forward_kernel(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr,
+                                coef_ptr, scratch_ptr, N, C, L, S, weight_ptr, bias_ptr, mean_mixture_ptr, var_mixture_ptr,
                                 eps, HAS_BN: tl.constexpr, USE_RUNNING: tl.constexpr, BLOCK_N: tl.constexpr,
                                 BLOCK_C: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                                 K: tl.constexpr, LOGITS: tl.constexpr, SINGLE: tl.constexpr):
-    forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, N, C, L, S, HAS_BN,
-                     USE_RUNNING, BLOCK_N, BLOCK_C)
+    forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr, N, C, L, S,
+                     HAS_BN, USE_RUNNING, BLOCK_N, BLOCK_C)
     acc = stats_ptr.dtype.element_ty
     wm = _given_mixture(mean_mixture_ptr, K, LOGITS, SINGLE, acc)
     wv = _given_mixture(var_mixture_ptr, K, LOGITS, SINGLE, acc)
@@ -269,15 +270,16 @@ def _switch_norm_backward_kernel(part_ptr, stats_ptr, work_ptr, scratch_ptr, N, 
 
 
 @triton.jit
-def _sparse_switch_norm_forward_kernel(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, coef_ptr,
-                                       scratch_ptr, N, C, L, S, weight_ptr, bias_ptr, mean_weight_ptr,
-                                       var_weight_ptr, radius_ptr, mean_fixed_ptr, var_fixed_ptr, mean_selected_ptr,
-                                       var_selected_ptr, mixtures_ptr, state_ptr, eps, HAS_BN: tl.constexpr,
+def _sparse_switch_norm_forward_kernel(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr,
+                                       batch_ptr, coef_ptr, scratch_ptr, N, C, L, S, weight_ptr, bias_ptr,
+                                       mean_weight_ptr, var_weight_ptr, radius_ptr, mean_fixed_ptr, var_fixed_ptr,
+                                       mean_selected_ptr, var_selected_ptr, mixtures_ptr, state_ptr, eps,
+                                       HAS_BN: tl.constexpr,
                                        USE_RUNNING: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                                        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, K: tl.constexpr,
                                        FREEZE: tl.constexpr, SINGLE: tl.constexpr):
-    forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, N, C, L, S, HAS_BN,
-                     USE_RUNNING, BLOCK_N, BLOCK_C)
+    forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr, N, C, L, S,
+                     HAS_BN, USE_RUNNING, BLOCK_N, BLOCK_C)
     acc = stats_ptr.dtype.element_ty
     wm, mean_fixed, mean_selected = _sparse_mixture(mean_weight_ptr, radius_ptr, mean_fixed_ptr, mean_selected_ptr,
                                                     K, FREEZE, acc)
@@ -332,8 +334,8 @@ def _affine_meta(weight: Tensor | None, bias: Tensor | None) -> dict:
 
 def switch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean_mixture: Tensor, var_mixture: Tensor,
                 running_mean: Tensor | None, running_var: Tensor | None, training: bool, eps: float,
-                mixture_logits: bool) -> tuple[Tensor, Tensor]:
-    """SN forward: ``(y, stats)``; see the package's docstring and ``kernel-design``'s contract."""
+                mixture_logits: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """SN forward: ``(y, stats, batch)``; see the package's docstring."""
     K = _mixture_size(mean_mixture, var_mixture, "switch_norm")
     plan = passes.Forward(x, has_bn=K == 3, running_mean=running_mean, running_var=running_var, training=training)
     weight_arg, _ = passes.optional(weight, plan.stats)
@@ -341,7 +343,7 @@ def switch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean_mixt
     launch(_switch_norm_forward_kernel, (1,), *plan.math_args(), weight_arg, bias_arg, mean_mixture, var_mixture,
            float(eps), **plan.math_meta, **_affine_meta(weight, bias), K=K, LOGITS=bool(mixture_logits),
            SINGLE=plan.geometry.L == 1)
-    return plan.normalize(), plan.stats
+    return plan.normalize(), plan.stats, plan.batch
 
 
 def switch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -364,17 +366,17 @@ def sparse_switch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, me
                        var_weight: Tensor, radius: Tensor, mean_fixed: Tensor, var_fixed: Tensor,
                        mean_selected: Tensor, var_selected: Tensor, running_mean: Tensor | None,
                        running_var: Tensor | None, training: bool, eps: float, freeze: bool
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """SSN forward: ``(y, stats, mixtures (2, K), state (4,) long)``."""
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """SSN forward: ``(y, stats, batch, mixtures (2, K), state (4,) long)``."""
     K = _mixture_size(mean_weight, var_weight, "sparse_switch_norm")
     plan = passes.Forward(x, has_bn=K == 3, running_mean=running_mean, running_var=running_var, training=training)
     mixtures = empty("mixtures", (2, K), dtype=plan.stats.dtype, device=x.device)
-    state = empty("state", (4,), dtype=mean_selected.dtype, device=x.device)
+    state = empty("state", (4,), dtype=torch.long, device=x.device)
     launch(_sparse_switch_norm_forward_kernel, (1,), *plan.math_args(), passes.optional(weight, plan.stats)[0],
            passes.optional(bias, plan.stats)[0], mean_weight, var_weight, radius, mean_fixed, var_fixed,
            mean_selected, var_selected, mixtures, state, float(eps), **plan.math_meta, **_affine_meta(weight, bias),
            K=K, FREEZE=bool(freeze), SINGLE=plan.geometry.L == 1)
-    return plan.normalize(), plan.stats, mixtures, state
+    return plan.normalize(), plan.stats, plan.batch, mixtures, state
 
 
 def sparse_switch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None,
