@@ -46,15 +46,15 @@ in_process = pytest.mark.skipif(not IN_PROCESS, reason="run by test_interpreter_
 @pytest.mark.skipif(IN_PROCESS, reason="the interpreter runs in this process")
 def test_interpreter_in_subprocess(request):
     """This module's tests in a child pytest whose triton is imported under the interpreter."""
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-W", "ignore"]
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-rs", "-p", "no:cacheprovider", "-W", "ignore"]
     if request.config.option.markexpr:
         command += ["-m", request.config.option.markexpr]
     environment = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, env=environment,
                             capture_output=True, text=True, timeout=1100)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary) and re.search(r"\b1 skipped", summary), result.stdout[-3000:]
+    assert re.search(r"\d+ passed", result.stdout.strip().splitlines()[-1]), result.stdout[-3000:]
+    assert "run by test_interpreter_in_subprocess" not in result.stdout, result.stdout[-3000:]  # none skipped
 
 
 @pytest.mark.skipif(IN_PROCESS, reason="the kernels are interpreted in this process")
@@ -86,8 +86,8 @@ def test_kernels_compile_for_h100(monkeypatch):
 
     monkeypatch.setattr(torch.library, "wrap_triton", lambda kernel: _Grid(capture(kernel)))
     for layer in LAYERS:
-        for case in (Case((2, 6, 5, 7)), Case((3, 5), dtype=torch.bfloat16, training=False, affine=False,
-                                               bn_term=False), Case((1, 4, 3, 3), channels_last=True, training=False)):
+        for case in (Case((1, 4, 3, 3), channels_last=True, dtype=torch.float32),  # N == 1: a constexpr
+                     Case((3, 5), dtype=torch.bfloat16, training=False, affine=False, bn_term=False)):
             C = case.shape[1]
             p = _cast(layer.parameters(case, C), case.dtype)
             p.update({k: v for k, v in (("freeze", True), ("mixture_logits", case.affine)) if k in p})
@@ -460,6 +460,8 @@ def test_non_finite_logits_give_nan_never_freeze(bad):
     y, stats, batch, mixtures, state = SPARSE.forward(x, p, None, None, True)
     assert torch.isnan(mixtures[0]).all() and torch.isnan(y).all()
     assert state[0] == 0 and state[2] == 0  # the mean mixture did not freeze
+    grads = SPARSE.backward(torch.randn_like(x), x, (y, stats, batch, mixtures, state), p, True, True)
+    assert torch.all(grads[3] == 0)  # NaN weights do not depend on the logits
     p = SWITCH.parameters(case, 3)
     p["mixture_logits"], p["var_mixture"][0] = True, bad
     assert torch.isnan(SWITCH.forward(x, p, None, None, True)[0]).all()
@@ -495,7 +497,7 @@ def test_sparse_freezes_on_device_and_uses_the_selection():
 @in_process
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(12))
-def test_random_shapes(seed):
+def test_random_shapes(seed, monkeypatch):
     generator = torch.Generator().manual_seed(seed)
 
     def draw(n: int) -> int:
@@ -509,4 +511,9 @@ def test_random_shapes(seed):
     case = Case(shape, channels_last=channels_last and len(shape) in (4, 5), dtype=dtype, training=training,
                 affine=bool(draw(4) > 1), bn_term=bool(draw(3) > 1))
     torch.manual_seed(seed)
+    if seed % 2:  # small tiles: several splits per row and several (N, C) blocks
+        passes = importlib.import_module("dynnorm.kernels.triton.passes")
+        for name, value in (("TILE", 16), ("MAX_BLOCK_L", 8), ("MAX_BLOCK_C", 4), ("MIN_TILE", 4),
+                            ("MATH_TILE", 8), ("MATH_MAX_BLOCK_C", 4), ("PROGRAMS_PER_SM", 12)):
+            monkeypatch.setattr(passes, name, value)
     _check_layer(LAYERS[seed % len(LAYERS)], case)

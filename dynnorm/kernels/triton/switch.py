@@ -85,13 +85,14 @@ def _sparse_mixture(logits_ptr, radius_ptr, fixed_ptr, selected_ptr, K: tl.const
 @triton.jit
 def _sparse_mixture_backward(logits_ptr, radius_ptr, fixed, g_weights, out_ptr, K: tl.constexpr,
                              SINGLE: tl.constexpr):
-    """Gradient of SSN's logits (zero for a fixed mixture) from the gradient of the weights used."""
+    """Gradient of SSN's logits from the gradient of the weights used: zero for a fixed mixture and for
+    non-finite logits (whose NaN weights do not depend on them)."""
     k = tl.arange(0, 4)
-    weights, J, _ = _sparse_weights(logits_ptr, radius_ptr, K, g_weights.dtype)
+    weights, J, finite = _sparse_weights(logits_ptr, radius_ptr, K, g_weights.dtype)
     if SINGLE:
         g_weights = without_instance_term_backward(weights, g_weights)
     grad = tl.sum(J * g_weights[:, None], 0)
-    tl.store(out_ptr + k, tl.where(fixed, 0.0, grad).to(out_ptr.dtype.element_ty), mask=k < K)
+    tl.store(out_ptr + k, tl.where(fixed | ~finite, 0.0, grad).to(out_ptr.dtype.element_ty), mask=k < K)
 
 
 # ---- the (N, C) math ----------------------------------------------------------------------------------------
