@@ -1,8 +1,9 @@
 """Batch-size robustness: the same classifier with each normalizer, trained at several per-device batch sizes.
 
-    python tools/batch_size_study.py [--dataset shapes|fashion-mnist] [--norms BN GN SN EN DNB AssocNorm]
-                                     [--batch-sizes 1 2 4 8 16 32] [--seeds 0 1 2] [--epochs N] [--num-train N]
-                                     [--workers 2] [--max-runs N] [--out tools/results/batch_size_study_<dataset>]
+    python -m benchmarks.batch_size_study [--dataset shapes|fashion-mnist] [--norms BN GN SN EN DNB AssocNorm]
+                                          [--batch-sizes 1 2 4 8 16 32] [--seeds 0 1 2] [--epochs N] [--num-train N]
+                                          [--workers 2] [--max-runs N]
+                                          [--out benchmarks/results/batch_size_study_<dataset>]
 
 The small-scale counterpart of the AssocNorm paper's Table 3 and the SN paper's batch-size figure: a
 CIFAR-style ResNet (:class:`tasks.classification.CifarResNet`) learns a dataset with each normalizer at each
@@ -10,7 +11,8 @@ batch size and seed, for the same number of epochs, with the learning rate scale
 size (``base_lr * batch_size / base_batch_size``, cosine-annealed per step to 0). Every run trains through
 Lightning with :class:`tasks.classification.ImageClassifier` without validation, then is tested once
 (evaluation mode: running statistics for the batch-statistics terms, so the test batch size, 500, does not
-change the result). GN and AssocNorm use 8 groups (the network's narrowest layers have 16 channels). With
+change the result). Every normalizer is built by its registry name (:func:`dynnorm.create_norm`); GN and
+AssocNorm use 8 groups (the network's narrowest layers have 16 channels). With
 batch size 1 in the study, every ``--batch1-norms`` normalizer (default: SN with ``using_bn=False``, the SN
 paper's setting for one image per device, row ``SN (no BN)``) also runs at batch size 1, as a row of its own.
 ``--norms`` also takes SSN, DN and DNC.
@@ -45,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -55,27 +56,29 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the repository-level `tasks` package
-    sys.path.insert(0, str(ROOT))
+import dynnorm
+from benchmarks.results_io import REPO_ROOT, RESULTS_DIR, command_line, write_atomically
 
-from tools.results_io import write_atomically  # noqa: E402
-
-#: ``norm`` settings of :class:`ImageClassifier` for the study's names.
-NORMS = {
-    "BN": "BN",
-    "GN": {"type": "GN", "num_groups": 8},
-    "SN": "SN",
-    "SN_noBN": {"class_path": "dynnorm.SwitchNorm2d", "init_args": {"using_bn": False}},
-    "SSN": "SSN",
-    "EN": "EN",
-    "DN": "DN",
-    "DNB": "DNB",
-    "DNC": "DNC",
-    "AssocNorm": {"class_path": "dynnorm.AssociateNorm2d", "init_args": {"num_groups": 8}},
-}
-LABELS = {"SN_noBN": "SN (no BN)", "DNB": "DN-B", "DNC": "DN-C"}
+#: Settings of the study that are not a registry name alone: study name -> (row label, ``norm`` setting of
+#: :class:`ImageClassifier`).
+VARIANTS: dict[str, tuple[str, dict]] = {"SN_noBN": ("SN (no BN)", {"type": "SN", "using_bn": False})}
+GROUPED = ("GN", "AssocNorm")  # 8 groups
+#: The study's names in table order: every registry name of a layer family, each followed by its variants.
+NORMS = [study_name for name in dynnorm.list_norms(sync=False, torch_layers=True)
+         for study_name in (name, *(v for v, (_, setting) in VARIANTS.items() if setting["type"] == name))]
 FASHION_MNIST_TEST_IMAGES = 10_000
+
+
+def norm_setting(norm: str) -> str | dict:
+    """The ``norm`` setting of :class:`ImageClassifier` for a name of the study."""
+    if norm in VARIANTS:
+        return VARIANTS[norm][1]
+    return {"type": norm, "num_groups": 8} if norm in GROUPED else norm
+
+
+def label(norm: str) -> str:
+    """The row label of a name of the study (:func:`dynnorm.display_name` for registry names)."""
+    return VARIANTS[norm][0] if norm in VARIANTS else dynnorm.display_name(norm)
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,10 @@ def build_data(settings: Settings, batch_size: int):
     from tasks.classification.data import FashionMNISTDataModule
 
     if settings.dataset == "shapes":
-        return SyntheticShapesDataModule(root=str(ROOT / settings.data_root), num_train=settings.num_train,
+        return SyntheticShapesDataModule(root=str(REPO_ROOT / settings.data_root), num_train=settings.num_train,
                                          num_val=settings.num_val, image_size=settings.image_size,
                                          seed=settings.data_seed, batch_size=batch_size), 3
-    return FashionMNISTDataModule(root=str(ROOT / settings.data_root) if settings.data_root else None, val_size=0,
+    return FashionMNISTDataModule(root=str(REPO_ROOT / settings.data_root) if settings.data_root else None, val_size=0,
                                   train_subset=settings.num_train, seed=settings.data_seed, batch_size=batch_size), 1
 
 
@@ -144,7 +147,7 @@ def run_one(norm: str, batch_size: int, seed: int, settings: Settings, threads: 
     steps = settings.epochs * (settings.num_train // batch_size)
     lr = settings.base_lr * batch_size / settings.base_batch_size
     model = ImageClassifier(
-        norm=NORMS[norm], num_classes=data.num_classes,
+        norm=norm_setting(norm), num_classes=data.num_classes,
         backbone_options={"depth": settings.depth, "width": settings.width, "in_channels": in_channels},
         optimizer=functools.partial(torch.optim.SGD, lr=lr, momentum=settings.momentum, nesterov=True),
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=steps),
@@ -281,8 +284,8 @@ def markdown_table(table: dict[tuple[str, int], dict]) -> str:
             text = f"{row[b]['mean']:.1f}" + (f" ± {row[b]['std']:.1f}" if row[b]["n"] > 1 else "")
             text = f"**{text}**" if row[b]["mean"] == best and len(row) > 1 else text
             cells_text.append(text + (f" (n={row[b]['n']})" if row[b]["n"] < seeds else ""))
-        accuracy.append(f"| {LABELS.get(norm, norm)} | " + " | ".join(cells_text) + " |")
-        timing.append(f"| {LABELS.get(norm, norm)} | "
+        accuracy.append(f"| {label(norm)} | " + " | ".join(cells_text) + " |")
+        timing.append(f"| {label(norm)} | "
                       + " | ".join(f"{1000 * row[b]['seconds_per_step']:.1f}" if b in row else "-" for b in batch_sizes)
                       + " |")
     return "\n".join(accuracy) + "\n\nMilliseconds per training step (mean over seeds):\n\n" + "\n".join(timing)
@@ -299,7 +302,7 @@ def plot(table: dict[tuple[str, int], dict], baseline: float, title: str, path: 
     for norm in norms:
         present = [b for b in batch_sizes if (norm, b) in table]
         axes.errorbar(present, [table[norm, b]["mean"] for b in present], yerr=[table[norm, b]["std"] for b in present],
-                      marker="o", capsize=3, label=LABELS.get(norm, norm))
+                      marker="o", capsize=3, label=label(norm))
     axes.axhline(100 * baseline, color="grey", linestyle="--", linewidth=1, label="majority class")
     axes.set_xscale("log", base=2)
     axes.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
@@ -341,8 +344,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     preset = PRESETS[dataset.parse_known_args(argv)[0].dataset]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[dataset],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--norms", nargs="+", default=["BN", "GN", "SN", "EN", "DNB", "AssocNorm"], choices=list(NORMS))
-    parser.add_argument("--batch1-norms", nargs="*", default=["SN_noBN"], choices=list(NORMS),
+    parser.add_argument("--norms", nargs="+", default=["BN", "GN", "SN", "EN", "DNB", "AssocNorm"], choices=NORMS)
+    parser.add_argument("--batch1-norms", nargs="*", default=["SN_noBN"], choices=NORMS,
                         help="also run at batch size 1 only, as rows of their own (when 1 is a batch size)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(preset.batch_sizes))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(preset.seeds))
@@ -352,8 +355,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes; 1: in this process)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--max-runs", type=int, default=None, help="run at most this many of the missing runs")
-    parser.add_argument("--out", default=None, help="output path stem. Default: tools/results/batch_size_study "
-                        "(shapes), tools/results/batch_size_study_fashion_mnist (fashion-mnist)")
+    parser.add_argument("--out", default=None, help="output path stem. Default: benchmarks/results/batch_size_study "
+                        "(shapes), benchmarks/results/batch_size_study_fashion_mnist (fashion-mnist)")
     args = parser.parse_args(argv)
     if min(args.batch_sizes) < 1:
         parser.error(f"batch sizes must be positive, got {args.batch_sizes}")
@@ -367,8 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = Settings(**{field: getattr(args, field) for field in asdict(Settings())})
     stem = "batch_size_study" + ("" if settings.dataset == "shapes" else "_" + settings.dataset.replace("-", "_"))
-    out = Path(args.out or ROOT / "tools" / "results" / stem)
-    command = "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])])
+    out = Path(args.out or RESULTS_DIR / stem)
+    command = command_line(__file__, argv if argv is not None else sys.argv[1:])
     baseline = majority_baseline(settings)  # also checks that the data is there before any run starts
     store = ResultStore(out.with_suffix(".json"), settings, {"command": command, "majority_baseline": baseline,
                                                              "workers": args.workers, "threads": args.threads})

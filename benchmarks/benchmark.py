@@ -17,16 +17,17 @@ ATen ops one training forward+backward dispatches (``torch.profiler``; nested op
 
 Examples::
 
-    python tools/benchmark.py                                  # CPU float32, the issue shapes, 1 thread
-    python tools/benchmark.py --compile --dtypes float32 bfloat16
-    python tools/benchmark.py --device cuda --dtypes bfloat16 --compile
+    python -m benchmarks.benchmark                             # CPU float32, the issue shapes, 1 thread
+    python -m benchmarks.benchmark --compile --dtypes float32 bfloat16
+    python -m benchmarks.benchmark --device cuda --dtypes bfloat16 --compile
 
-Writes ``tools/results/benchmark.json`` and ``tools/results/benchmark.md`` (``--out`` changes the stem).
+Writes ``benchmarks/results/benchmark.json`` and ``benchmarks/results/benchmark.md`` (``--out`` changes the stem).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -40,12 +41,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import dynnorm  # noqa: E402
-from tools.results_io import write_atomically  # noqa: E402
+import dynnorm
+from benchmarks.results_io import RESULTS_DIR, command_line, write_atomically
 
 DEFAULT_SHAPES = ((8, 64, 56, 56), (2, 256, 32, 32), (32, 128, 28, 28))
 DEFAULT_SMALL_SHAPES = ((2, 32, 14, 14),)
@@ -132,25 +129,22 @@ class WithoutFastPath(nn.Module):
             return self.layer(x)
 
 
+PUBLISHED_SN = "SN (published)"
 PER_SAMPLE_FLOOR = "per-sample floor"  # timed in "eval fwd" only, never compiled
 OP_NAMESPACES = ("aten", "dynnorm")  # counted at the small-batch shapes: PyTorch's ops and this package's own
 
 
 def layer_factories() -> dict[str, Callable[[int], nn.Module]]:
-    """Name -> ``factory(num_channels)`` of every benchmarked layer; ``BN`` first (the ratios' base)."""
-    return {
-        "BN": nn.BatchNorm2d,
-        "GN": lambda c: nn.GroupNorm(32, c),
-        "SN (published)": PublishedSwitchNorm2d,
-        "SN": dynnorm.SwitchNorm2d,
-        "SSN": dynnorm.SparseSwitchNorm2d,
-        "EN": dynnorm.ExemplarNorm2d,
-        "DN": dynnorm.DynamicNorm2d,
-        "DN-B": dynnorm.DynamicNormB2d,
-        "DN-C": dynnorm.DynamicNormC2d,
-        "AssocNorm": dynnorm.AssociateNorm2d,
-        PER_SAMPLE_FLOOR: PerSampleFloor,
-    }
+    """Label -> ``factory(num_channels)`` of every benchmarked layer; ``BN`` first (the ratios' base).
+
+    BatchNorm, GroupNorm (32 groups) and every dynnorm layer are built by name through the registry
+    (:func:`dynnorm.create_norm`, labels from :func:`dynnorm.display_name`), with the published SN
+    algorithm after GN and the per-sample floor last.
+    """
+    registry = {dynnorm.display_name(name): functools.partial(dynnorm.create_norm, name)
+                for name in dynnorm.list_norms(sync=False, torch_layers=True)}
+    baselines = {label: registry.pop(label) for label in ("BN", "GN")}
+    return {**baselines, PUBLISHED_SN: PublishedSwitchNorm2d, **registry, PER_SAMPLE_FLOOR: PerSampleFloor}
 
 
 REFERENCE_OPS_OF = ("SN", "EN", "DN-B", "AssocNorm")  # also timed with the fused kernels off
@@ -414,7 +408,7 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] | None = None) ->
 def measurement_meta(tool: str, args: argparse.Namespace, device: torch.device) -> dict:
     """How a benchmark was measured: command line, date, versions, machine, threads, load."""
     return {
-        "command": "python " + " ".join([os.path.relpath(tool, ROOT), *args.argv]),
+        "command": command_line(tool, args.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
@@ -592,7 +586,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--default-malloc", action="store_true",
         help="leave glibc's allocation thresholds alone (default: keep freed memory mapped, see keep_freed_memory_mapped)",
     )
-    parser.add_argument("--out", default=str(ROOT / "tools" / "results" / "benchmark"), help="output path stem")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "benchmark"), help="output path stem")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command line in the results
     return args

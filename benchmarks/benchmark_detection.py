@@ -1,7 +1,7 @@
 """Small-scale counterpart of the SN paper's COCO table: Mask R-CNN on the synthetic shapes dataset, BN vs GN vs SN.
 
-    python tools/benchmark_detection.py [--norms bn gn sn] [--iters 1000] [--seed 0] [--threads N]
-        [--work-dir work_dirs/benchmark_detection] [--out tools/results/detection_benchmark]
+    python -m benchmarks.benchmark_detection [--norms bn gn sn] [--iters 1000] [--seed 0] [--threads N]
+        [--work-dir work_dirs/benchmark_detection] [--out benchmarks/results/detection_benchmark]
 
 Trains ``configs/mmdet/mask-rcnn_r18-w16_fpn_<norm>-all_1xb2-1k_shapes.py`` for every norm, one after the other, with
 the same schedule, seed and data (2 images per batch, norm layers in backbone, FPN and both heads, from scratch),
@@ -21,26 +21,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tools.results_io import write_atomically  # noqa: E402
+import dynnorm
+from benchmarks.results_io import REPO_ROOT, RESULTS_DIR, command_line, write_atomically
 
 CONFIG = "configs/mmdet/mask-rcnn_r18-w16_fpn_{norm}-all_1xb2-1k_shapes.py"
 LOG_INTERVAL = 50
 METRICS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP", "segm_mAP_50", "segm_mAP_75")
-LABELS = {"bn": "BN", "gn": "GN", "sn": "SN"}
+
+
+def available_norms() -> list[str]:
+    """The norms with a shapes config (``CONFIG``), by the name in its file name (``bn``, ``gn``, ``sn``, ...)."""
+    prefix, suffix = CONFIG.split("{norm}")
+    return sorted(path.name[len(Path(prefix).name):-len(suffix)] for path in REPO_ROOT.glob(prefix + "*" + suffix))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--norms", nargs="+", default=["bn", "gn", "sn"], choices=sorted(LABELS))
+    parser.add_argument("--norms", nargs="+", default=["bn", "gn", "sn"], choices=available_norms())
     parser.add_argument("--iters", type=int, default=1000, help="training iterations (LR steps at 75%% and 90%%)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the training processes (default: inherited)")
     parser.add_argument("--work-dir", default="work_dirs/benchmark_detection")
-    parser.add_argument("--out", default="tools/results/detection_benchmark", help="output path without suffix")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "detection_benchmark"), help="output path without suffix")
     return parser.parse_args(argv)
 
 
@@ -75,7 +77,7 @@ def train(norm: str, args: argparse.Namespace) -> dict:
     times = [s["time"] for s in train_logs[1:]] or [s["time"] for s in train_logs]
     memory = [s["memory"] for s in train_logs if "memory" in s]
     return {
-        "norm": LABELS[norm], "config": CONFIG.format(norm=norm),
+        "norm": dynnorm.display_name(norm), "config": CONFIG.format(norm=norm),
         **{metric: validation.get(f"coco/{metric}") for metric in METRICS},
         "sec_per_iter": round(sum(times) / len(times), 4),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
@@ -102,7 +104,7 @@ def environment(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu} ({os.cpu_count()} cores)",
         "threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "default",
         "iters": args.iters, "images_per_batch": 2, "seed": args.seed,
-        "command": "python tools/benchmark_detection.py " + " ".join(sys.argv[1:]),
+        "command": command_line(__file__, sys.argv[1:]),
     }
 
 
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     results = []
     for norm in args.norms:
-        print(f"[benchmark] training {LABELS[norm]} ...", flush=True)
+        print(f"[benchmark] training {dynnorm.display_name(norm)} ...", flush=True)
         results.append(train(norm, args))
         print(f"[benchmark] {json.dumps(results[-1])}", flush=True)
     env = environment(args)

@@ -14,10 +14,10 @@ from other jobs on a shared machine hits them alike. Reported per (network, batc
 the median milliseconds per step and the ratio to BatchNorm, the median over rounds of the ratio within a
 round (with its quartiles in the JSON).
 
-    python tools/benchmark_network.py             # both networks, batch 2, 8, 32, every normalizer (~15 min)
-    python tools/benchmark_network.py --networks resnet18 --batch-sizes 2 32 --norms BN SN EN --rounds 10
+    python -m benchmarks.benchmark_network        # both networks, batch 2, 8, 32, every normalizer (~15 min)
+    python -m benchmarks.benchmark_network --networks resnet18 --batch-sizes 2 32 --norms BN SN EN --rounds 10
 
-Writes ``tools/results/benchmark_network.json`` and ``.md`` (``--out`` changes the stem).
+Writes ``benchmarks/results/benchmark_network.json`` and ``.md`` (``--out`` changes the stem).
 """
 from __future__ import annotations
 
@@ -33,13 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import dynnorm  # noqa: E402
-from tasks.classification.backbones import CifarResNet, torchvision_resnet18  # noqa: E402
-from tools.benchmark import (  # noqa: E402
+import dynnorm
+from benchmarks.benchmark import (
     keep_freed_memory_mapped,
     measurement_meta,
     per_round_ratios,
@@ -47,6 +42,8 @@ from tools.benchmark import (  # noqa: E402
     time_interleaved,
     write,
 )
+from benchmarks.results_io import RESULTS_DIR
+from tasks.classification.backbones import CifarResNet, torchvision_resnet18
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -58,14 +55,13 @@ NETWORKS: dict[str, tuple[str, Callable[[NormFactory], nn.Module]]] = {
     "resnet18": ("ResNet-18 (torchvision)", lambda norm: torchvision_resnet18(NUM_CLASSES, norm)),
     "resnet20": ("CIFAR ResNet-20, width 16", lambda norm: CifarResNet(NUM_CLASSES, norm, depth=20, width=16)),
 }
-#: Row label -> registry name; ``BN`` first (the ratios' base).
-NORM_NAMES = {"BN": "BN", "GN": "GN", "SN": "SN", "SSN": "SSN", "EN": "EN", "DN": "DN", "DN-B": "DNB", "DN-C": "DNC",
-              "AssocNorm": "AssocNorm"}
 
 
 def norm_factories() -> dict[str, NormFactory]:
-    """Name -> ``factory(num_channels)`` of every benchmarked normalizer; ``BN`` first (the ratios' base)."""
-    return {label: functools.partial(dynnorm.create_norm, name) for label, name in NORM_NAMES.items()}
+    """Label (:func:`dynnorm.display_name`) -> ``factory(num_channels)`` of every benchmarked normalizer, built
+    by name through the registry; ``BN`` first (the ratios' base)."""
+    return {dynnorm.display_name(name): functools.partial(dynnorm.create_norm, name)
+            for name in dynnorm.list_norms(sync=False, torch_layers=True)}
 
 
 def build(network: str, norm: NormFactory, device: torch.device, lr: float) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -227,9 +223,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--default-malloc", action="store_true",
-        help="leave glibc's allocation thresholds alone (default: keep freed memory mapped, as tools/benchmark.py)",
+        help="leave glibc's allocation thresholds alone (default: keep freed memory mapped, as benchmarks.benchmark)",
     )
-    parser.add_argument("--out", default=str(ROOT / "tools" / "results" / "benchmark_network"), help="output path stem")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "benchmark_network"), help="output path stem")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command line in the results
     return args

@@ -1,9 +1,11 @@
 """Extra parameters and multiply-adds of each normalizer on ResNet-50 and MobileNetV2 (224x224), relative to BN.
 
-    python tools/norm_cost.py [--networks resnet50 mobilenet_v2] [--norms BN GN SN ...] [--out tools/results/norm_cost]
+    python -m benchmarks.norm_cost [--networks resnet50 mobilenet_v2] [--norms BN GN SN ...]
+                                   [--out benchmarks/results/norm_cost]
 
-Every network is torchvision's, built with ``norm_layer=`` the normalizer (GN and AssocNorm with 32 groups, or
-``gcd(32, C)`` for the layers whose width 32 does not divide, as :class:`tasks.classification.GroupNorm2d`).
+Every network is torchvision's, built with ``norm_layer=`` the normalizer, by name through the registry
+(:func:`dynnorm.create_norm`; GN and AssocNorm with 32 groups, or ``gcd(32, C)`` for the layers whose width 32
+does not divide, as :class:`dynnorm.GroupNorm2d`).
 
 - **Parameters**: all trainable parameters of the network (buffers such as running statistics are not
   parameters).
@@ -33,35 +35,21 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import dynnorm  # noqa: E402
-from tools.results_io import write_atomically  # noqa: E402
+import dynnorm
+from benchmarks.results_io import RESULTS_DIR, command_line, write_atomically
 
 NormFactory = Callable[[int], nn.Module]
 
 
-def _grouped(cls: type[nn.Module], groups_argument: str, num_features: int) -> nn.Module:
-    return cls(num_features, **{groups_argument: math.gcd(32, num_features)})
+def _gcd_groups(name: str, num_features: int) -> nn.Module:
+    """``create_norm(name, C, num_groups=gcd(32, C))``: 32 groups where 32 divides the width."""
+    return dynnorm.create_norm(name, num_features, num_groups=math.gcd(32, num_features))
 
 
-def _group_norm(num_features: int) -> nn.Module:
-    return nn.GroupNorm(math.gcd(32, num_features), num_features)
-
-
-#: The normalizers measured, by table label.
+#: The normalizers measured, by table label (:func:`dynnorm.display_name`), each built by name.
 NORMS: dict[str, NormFactory] = {
-    "BN": nn.BatchNorm2d,
-    "GN": _group_norm,
-    "SN": dynnorm.SwitchNorm2d,
-    "SSN": dynnorm.SparseSwitchNorm2d,
-    "EN": dynnorm.ExemplarNorm2d,
-    "DN": dynnorm.DynamicNorm2d,
-    "DN-B": dynnorm.DynamicNormB2d,
-    "DN-C": dynnorm.DynamicNormC2d,
-    "AssocNorm": functools.partial(_grouped, dynnorm.AssociateNorm2d, "num_groups"),
+    dynnorm.display_name(name): functools.partial(_gcd_groups if name == "AssocNorm" else dynnorm.create_norm, name)
+    for name in dynnorm.list_norms(sync=False, torch_layers=True)
 }
 
 #: torchvision networks measured, by command-line name: (table label, builder).
@@ -163,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     parser.add_argument("--norms", nargs="+", choices=list(NORMS), default=list(NORMS))
-    parser.add_argument("--out", type=Path, default=ROOT / "tools" / "results" / "norm_cost")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "norm_cost")
     args = parser.parse_args(argv)
     norms = ["BN", *(n for n in args.norms if n != "BN")]
     results = {}
@@ -175,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{label:>12} {norm:>9}: {rows[norm]['parameters']:>10,d} parameters, "
                   f"{rows[norm]['multiply_adds']:>14,d} multiply-adds", flush=True)
         results[label] = relative_to_baseline(rows)
-    command = " ".join(["python tools/norm_cost.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(__file__, sys.argv[1:] if argv is None else argv)
     summary = {"command": command, "torch": torch.__version__, "torchvision": torchvision.__version__,
                "python": platform.python_version(), "results": results}
     write_atomically(args.out.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")

@@ -1,7 +1,7 @@
 """Test accuracy with running averages vs recalibrated statistics, for networks trained at 2 images per batch.
 
-    python tools/recalibration_study.py [--norms BN SN] [--momenta 0.1 0.003] [--seeds 0 1] [--steps 300 2000]
-                                        [--recalibration-batches 200] [--out tools/results/recalibration]
+    python -m benchmarks.recalibration_study [--norms BN SN] [--momenta 0.1 0.003] [--seeds 0 1] [--steps 300 2000]
+                                             [--recalibration-batches 200] [--out benchmarks/results/recalibration]
 
 A CIFAR-style ResNet-8 (width 16, one input channel) learns Fashion-MNIST (read from local files, see
 :class:`tasks.classification.data.FashionMNISTDataModule`) at batch 2 with each normalizer and running-statistics
@@ -12,7 +12,7 @@ twice in evaluation mode: with the running averages accumulated during training,
 SN release's evaluation protocol, 200 batches). Momentum 0.1 is torch's default; 0.003 is the SN/SSN authors'
 decay of 0.997, with which the running statistics of a short run still hold much of their initial value
 (0.997^300 = 0.41). The momentum only changes the running statistics, not training: with the same seed, the
-recalibrated accuracy does not depend on it.
+recalibrated accuracy does not depend on it. ``--norms`` takes any name :func:`dynnorm.create_norm` knows.
 
 Writes ``<out>.json`` (settings, command, every run) and ``<out>.md`` (the table). Runs one after the other, on
 ``--threads`` threads.
@@ -30,15 +30,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the repository-level `tasks` package
-    sys.path.insert(0, str(ROOT))
+import dynnorm
+from benchmarks.results_io import RESULTS_DIR, command_line, write_atomically
+from dynnorm.recalibrate import repeat_batches
 
-import dynnorm  # noqa: E402
-from dynnorm.recalibrate import repeat_batches  # noqa: E402
-from tools.results_io import write_atomically  # noqa: E402
-
-NORMS = {"BN": nn.BatchNorm2d, "SN": dynnorm.SwitchNorm2d}
 BATCH_SIZE = 2
 
 
@@ -62,8 +57,8 @@ def run_one(norm: str, momentum: float, seed: int, steps: int, recalibration_bat
     from tasks.classification import CifarResNet
 
     torch.manual_seed(seed)
-    model = CifarResNet(data.num_classes, functools.partial(NORMS[norm], momentum=momentum), depth=8, width=16,
-                        in_channels=1)
+    model = CifarResNet(data.num_classes, functools.partial(dynnorm.create_norm, norm, momentum=momentum), depth=8,
+                        width=16, in_channels=1)
     lr = 0.1 * BATCH_SIZE / 32
     optimizer = torch.optim.SGD(dynnorm.param_groups(model, 5e-4, 0.0), lr=lr, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -112,10 +107,20 @@ def markdown_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _registry_name(name: str) -> str:
+    """A ``--norms`` value: a name the registry knows (an unknown one is refused with the closest names)."""
+    try:
+        dynnorm.get_norm_layer(name)
+    except dynnorm.UnknownNormError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--norms", nargs="+", choices=list(NORMS), default=list(NORMS))
+    parser.add_argument("--norms", nargs="+", type=_registry_name, default=["BN", "SN"],
+                        help="registry names (dynnorm.create_norm)")
     parser.add_argument("--momenta", nargs="+", type=float, default=[0.1, 0.003])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", nargs="+", type=int, default=[300, 2000])
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST files (default: search path)")
     parser.add_argument("--train-subset", type=int, default=None, help="training images used (default: all)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "tools" / "results" / "recalibration")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "recalibration")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"{norm} momentum {momentum:g}, {steps} steps, seed {seed}: test acc "
                           f"{run['test_acc1_running']:.4f} (running) -> {run['test_acc1_recalibrated']:.4f} "
                           f"(recalibrated), {run['train_seconds']:.0f} s", flush=True)
-    summary = {"command": " ".join(["python tools/recalibration_study.py", *(sys.argv[1:] if argv is None else argv)]),
+    summary = {"command": command_line(__file__, sys.argv[1:] if argv is None else argv),
                "settings": {"steps": args.steps, "batch_size": BATCH_SIZE,
                             "recalibration_batches": args.recalibration_batches,
                             "network": "CifarResNet depth 8 width 16, 1 input channel", "data": "Fashion-MNIST",

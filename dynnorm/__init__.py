@@ -15,7 +15,7 @@ from .optim import clip_mixture_grad_norm, mixture_parameters, param_groups
 from .original_checkpoints import convert_original_switchnorm_state_dict
 from .ratios import importance_ratios
 from .recalibrate import recalibrate, running_statistics_layers
-from .registry import SHORT_NAMES, UnknownNormError, create_norm, get_norm_layer, list_norms
+from .registry import SHORT_NAMES, UnknownNormError, create_norm, display_name, get_norm_layer, list_norms
 from .sparse import (
     SparseSwitchNorm1d,
     SparseSwitchNorm2d,
@@ -34,7 +34,7 @@ __all__ = [
     "AssociateNorm2d", "DynamicNorm2d", "GroupNorm2d", "UnknownNormError", "DynamicNormB2d", "DynamicNormC2d", "ExemplarNorm2d",
     "SparseSwitchNorm1d", "SparseSwitchNorm2d", "SparseSwitchNorm3d", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d",
     "SyncDynamicNorm2d", "SyncDynamicNormB2d", "SyncDynamicNormC2d", "SyncExemplarNorm2d", "SyncSparseSwitchNorm2d",
-    "SyncSwitchNorm2d", "SHORT_NAMES", "clip_mixture_grad_norm", "convert", "convert_original_switchnorm_state_dict", "create_norm", "fast_path", "fast_path_enabled",
+    "SyncSwitchNorm2d", "SHORT_NAMES", "clip_mixture_grad_norm", "convert", "convert_original_switchnorm_state_dict", "create_norm", "display_name", "fast_path", "fast_path_enabled",
     "get_norm_layer", "importance_ratios", "is_dynnorm", "list_norms", "mixture_parameters", "param_groups", "recalibrate",
     "revert", "running_statistics_layers", "set_fast_path", "set_sparsestmax_radius", "sparsemax",
     "sparsestmax", "torch_equivalent",

@@ -1,4 +1,4 @@
-"""tools/benchmark_network.py runs end to end on a tiny configuration and writes its JSON and Markdown."""
+"""benchmarks/benchmark_network.py runs end to end on a tiny configuration and writes its JSON and Markdown."""
 import json
 import math
 
@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("torchvision")
 pytest.importorskip("lightning")  # tasks.classification, where the networks are defined, imports it
 
-from tools import benchmark_network  # noqa: E402
+from benchmarks import benchmark_network  # noqa: E402
 
 pytestmark = pytest.mark.lightning
 
@@ -22,7 +22,7 @@ def test_benchmark_network_times_both_modes_against_bn(tmp_path, keep_threads):
     result = json.loads(stem.with_suffix(".json").read_text())
     meta, records = result["meta"], result["records"]
     assert meta["threads"] == 1 and meta["rounds"] == 1 and meta["torch"] == torch.__version__
-    assert meta["command"].startswith("python tools/benchmark_network.py --networks resnet20")
+    assert meta["command"].startswith("python -m benchmarks.benchmark_network --networks resnet20")
     assert {(r["network"], r["batch_size"], r["mode"], r["norm"]) for r in records} == {
         ("resnet20", 2, mode, norm) for mode in benchmark_network.MODES for norm in ("BN", "SN")
     }

@@ -1,10 +1,10 @@
-"""tools/benchmark.py runs end to end on a tiny shape and writes its JSON and Markdown."""
+"""benchmarks/benchmark.py runs end to end on a tiny shape and writes its JSON and Markdown."""
 import json
 import math
 
 import torch
 
-from tools import benchmark
+from benchmarks import benchmark
 
 
 def test_benchmark_writes_every_layer_and_the_floor_in_eval_only(tmp_path, keep_threads):

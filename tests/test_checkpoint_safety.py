@@ -18,7 +18,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.logging import HistoryBuffer  # noqa: E402
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint  # noqa: E402
 
-from tools import mm_checkpoint  # noqa: E402
+from dynnorm.integrations import mm_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.mm
 
@@ -157,10 +157,10 @@ def test_the_trust_flag_of_the_tools_sets_the_config_key(monkeypatch):
     from tools import train
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert "trust_checkpoint" not in train.load_config(train.parse_args([str(SHAPES_DET)]))
+    assert "trust_checkpoint" not in train.configure(train.parse_args([str(SHAPES_DET)]))
     # reading the command line leaves the environment alone (a LOCAL_RANK would make later DDP launches wait)
     assert "LOCAL_RANK" not in os.environ
-    assert train.load_config(train.parse_args([str(SHAPES_DET), "--trust-checkpoint"])).trust_checkpoint is True
+    assert train.configure(train.parse_args([str(SHAPES_DET), "--trust-checkpoint"])).trust_checkpoint is True
 
 
 @pytest.mark.slow

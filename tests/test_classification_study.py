@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("lightning")
 pytest.importorskip("matplotlib")
 
-from tools import batch_size_study  # noqa: E402
+from benchmarks import batch_size_study  # noqa: E402
 
 pytestmark = [pytest.mark.lightning, pytest.mark.slow]
 
@@ -26,7 +26,7 @@ def test_miniature_study_writes_results_and_resumes(tmp_path):
         ("SN_noBN", 1, 0, 0.1 / 32)]  # SN without its BN term: batch size 1 only
     assert [r["steps"] for r in runs] == [16, 4, 16, 4, 16]  # same epochs: steps scale with 1 / batch size
     assert all(r["dataset"] == "shapes" and 0 <= r["test_acc1"] <= 1 and r["seconds_per_step"] > 0 for r in runs)
-    assert summary["command"].startswith("python tools/batch_size_study.py --norms BN SN")
+    assert summary["command"].startswith("python -m benchmarks.batch_size_study --norms BN SN")
     table = out.with_suffix(".md").read_text()
     assert "| normalizer | bs 1 | bs 4 |" in table and "| SN (no BN) |" in table
     assert out.with_suffix(".png").stat().st_size > 10_000

@@ -21,7 +21,7 @@ from tasks.classification.cli import main  # noqa: E402
 from tasks.classification.data import (  # noqa: E402
     FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNISTDataModule, load_fashion_mnist, read_idx_ubyte, stratified_split,
 )
-from tools import batch_size_study  # noqa: E402
+from benchmarks import batch_size_study  # noqa: E402
 
 pytestmark = pytest.mark.lightning
 

@@ -340,7 +340,7 @@ def test_every_shipped_config_builds_its_model(path):
 
 
 def test_coco_configs_follow_one_data_root():
-    from tools.mm_runtime import replace_data_root
+    from dynnorm.integrations.mm_runtime import replace_data_root
 
     for path in [p for p in CONFIGS if "_coco" in p.name]:
         cfg = Config.fromfile(path)

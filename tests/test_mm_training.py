@@ -22,8 +22,8 @@ import dynnorm.integrations.mmengine  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from tools.mm_checkpoint import load_weights_only  # noqa: E402
-from tools.mm_runtime import replace_data_root  # noqa: E402
+from dynnorm.integrations.mm_checkpoint import load_weights_only  # noqa: E402
+from dynnorm.integrations.mm_runtime import replace_data_root  # noqa: E402
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 

@@ -1,11 +1,11 @@
-"""tools/norm_cost.py: its counts agree with hand-computed ones on a tiny network."""
+"""benchmarks/norm_cost.py: its counts agree with hand-computed ones on a tiny network."""
 from __future__ import annotations
 
 import pytest
 from torch import nn
 
 import dynnorm
-from tools import norm_cost
+from benchmarks import norm_cost
 
 
 def _tiny(norm_layer) -> nn.Sequential:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotently) the project's virtual environment in .venv/ at the repository root.
 #
-#   bash tools/setup_env.sh          # torch, dynnorm (editable), OpenMMLab, Lightning and test extras
+#   bash tools/setup_env.sh          # torch, dynnorm (editable), OpenMMLab, Lightning, test and docs extras
 #
 # What takes time is cached: the mmcv 2.1.0 wheel (compiled from its sdist, ~10 min on 2 cores) is kept in
 # $DYNNORM_CACHE/wheelhouse (default ~/.cache/dynnorm), and a stamp in .venv records the inputs of the last
@@ -80,8 +80,10 @@ build_mmcv_wheel() {
 install_dynnorm() {
   pip_ install "$wheelhouse"/mmcv-"$MMCV_VERSION"-*.whl
   # Without build isolation: dynnorm's C++ extension compiles against the installed torch (-v: the compiler's
-  # output goes to the log).
-  pip_ install -v --no-build-isolation -e "$root[all,test]"
+  # output goes to the log). editable_mode=compat puts the repository root itself on the path (a .pth file),
+  # not just the `dynnorm` package that setuptools' default editable finder maps: the repository-level
+  # `tasks` and `benchmarks` packages then import from any folder, with no sys.path edits in scripts or tests.
+  pip_ install -v --no-build-isolation -e "$root[all,test,docs]" --config-settings editable_mode=compat
   # Installing the extras may pull a newer setuptools: pin it back (see SETUPTOOLS_PIN).
   pip_ install "$SETUPTOOLS_PIN"
 }

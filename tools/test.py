@@ -6,9 +6,9 @@
 
 Prints the test metrics (COCO bbox/segm mAP for detection, mIoU for segmentation) through mmengine's logger and,
 with ``--metrics-json``, writes them as JSON. CHECKPOINT loads weights-only, mmengine's own checkpoint classes
-allowed (``tools/mm_checkpoint.py``): checkpoints of tools/train.py load under torch >= 2.6 without running code
-from the file. A checkpoint that needs more is refused unless ``--trust-checkpoint`` (or ``trust_checkpoint =
-True`` in the config) declares it trusted.
+allowed (:mod:`dynnorm.integrations.mm_checkpoint`): checkpoints of tools/train.py load under torch >= 2.6
+without running code from the file. A checkpoint that needs more is refused unless ``--trust-checkpoint`` (or
+``trust_checkpoint = True`` in the config) declares it trusted.
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ import json
 import os
 from pathlib import Path
 
-from mmengine.config import DictAction
+from mmengine.config import Config, DictAction
 from mmengine.dist import get_rank
 
-from train import build_runner, ensure_synthetic_dataset, load_config  # also puts the repository on sys.path
-from tools.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
+import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor)
+from dynnorm.integrations.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
+from dynnorm.integrations.mm_runtime import build_runner, load_config
+from tasks.synthetic_shapes import ensure_config_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,15 +44,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def configure(args: argparse.Namespace) -> Config:
+    """The config with the command line applied: the checkpoint to test, and nothing to resume."""
+    cfg = load_config(args.config, cfg_options=args.cfg_options, data_root=args.data_root, work_dir=args.work_dir,
+                      launcher=args.launcher, trust_checkpoint=args.trust_checkpoint)
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # what mmengine's launchers read
-    cfg = load_config(args)
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
+    cfg = configure(args)
     install_checkpoint_loader(trusted_checkpoints(cfg))
     runner = build_runner(cfg)
-    ensure_synthetic_dataset(cfg)
+    ensure_config_dataset(cfg, args.data_root)
     metrics = runner.test()
     if args.metrics_json and get_rank() == 0:
         out = Path(args.metrics_json)

@@ -11,8 +11,10 @@ with ``norm_cfg=dict(type='SN')`` work too. It also:
 - generates the synthetic shapes dataset first when the config asks for it (``synthetic_shapes = dict(root=...)``);
 - loads checkpoints weights-only, mmengine's own checkpoint classes allowed, so ``--resume``/``load_from`` work
   under torch >= 2.6 without running code from the file; ``--trust-checkpoint`` (or ``trust_checkpoint = True``
-  in the config) loads the resumed/``load_from`` checkpoint as a full pickle (``tools/mm_checkpoint.py``);
-- with ``--launcher pytorch`` and no CUDA, uses the gloo backend and CPU DDP.
+  in the config) loads the resumed/``load_from`` checkpoint as a full pickle
+  (:mod:`dynnorm.integrations.mm_checkpoint`);
+- with ``--launcher pytorch`` and no CUDA, uses the gloo backend and CPU DDP
+  (:mod:`dynnorm.integrations.mm_runtime`, whose functions a script of your own can call as well).
 
 Offline, configs whose backbone starts from ``torchvision://``/``open-mmlab://`` weights need either the file in
 torch's hub cache (``$TORCH_HOME/hub/checkpoints``), a local path
@@ -23,22 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 from mmengine.config import Config, DictAction
-from mmengine.dist import barrier, get_rank
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # the repository-level `tools` and `tasks` packages, as mmdet's dist_train.sh does
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tools.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints  # noqa: E402
-from tools.mm_runtime import adapt_distributed_to_cpu, replace_data_root  # noqa: E402
+from dynnorm.integrations.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
+from dynnorm.integrations.mm_runtime import build_runner, load_config
+from tasks.synthetic_shapes import ensure_config_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,47 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_config(args: argparse.Namespace) -> Config:
-    """Read the config and apply the command line (shared by train and test)."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.data_root:
-        replace_data_root(cfg, args.data_root)
-        if "synthetic_shapes" in cfg:
-            cfg.synthetic_shapes.root = args.data_root
-    if args.trust_checkpoint:
-        cfg.trust_checkpoint = True
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir") is None:
-        cfg.work_dir = os.path.join("work_dirs", Path(args.config).stem)
-    adapt_distributed_to_cpu(cfg)
-    return cfg
-
-
-def ensure_synthetic_dataset(cfg: Config) -> None:
-    """Generate the synthetic shapes dataset named by ``cfg.synthetic_shapes`` (main process; others wait)."""
-    if "synthetic_shapes" not in cfg:
-        return
-    if get_rank() == 0:
-        from tasks.synthetic_shapes import ShapesSpec, ensure_dataset
-
-        options = dict(cfg.synthetic_shapes)
-        root = options.pop("root")
-        ensure_dataset(root, ShapesSpec(**options))
-    barrier()
-
-
-def build_runner(cfg: Config) -> Runner:
-    return RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # what mmengine's launchers read
-    cfg = load_config(args)
+def configure(args: argparse.Namespace) -> Config:
+    """The config with the command line applied."""
+    cfg = load_config(args.config, cfg_options=args.cfg_options, data_root=args.data_root, work_dir=args.work_dir,
+                      launcher=args.launcher, trust_checkpoint=args.trust_checkpoint)
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
@@ -115,9 +71,16 @@ def main(argv: list[str] | None = None) -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))  # what mmengine's launchers read
+    cfg = configure(args)
     install_checkpoint_loader(trusted_checkpoints(cfg))
     runner = build_runner(cfg)
-    ensure_synthetic_dataset(cfg)
+    ensure_config_dataset(cfg, args.data_root)
     runner.train()
 
 

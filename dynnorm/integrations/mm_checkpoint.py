@@ -1,4 +1,5 @@
-"""How tools/train.py and tools/test.py load local checkpoints: no code from a checkpoint runs unless trusted.
+"""A checkpoint policy for mmengine runs: local checkpoints load weights-only, so no code from a checkpoint runs
+unless it is declared trusted (what the repository's ``tools/train.py`` and ``tools/test.py`` use).
 
 mmengine 0.10.7 loads local files with a bare ``torch.load``, which under torch >= 2.6 means
 ``weights_only=True`` and refuses the Runner's own checkpoints: next to tensors, ``Counter`` and ``OrderedDict``
@@ -10,7 +11,18 @@ without trusting them. A file that needs anything else is refused with :class:`U
 it is one of the trusted paths: those load with ``weights_only=False``, which runs whatever their pickle says.
 
 :func:`install_checkpoint_loader` makes the loader mmengine's, for local paths, in the calling process only;
-importing ``dynnorm.integrations.mmengine`` changes nothing about checkpoint loading.
+importing ``dynnorm.integrations.mmengine`` (or this module) changes nothing about checkpoint loading. In a
+training script of your own::
+
+    from dynnorm.integrations.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
+
+    cfg = Config.fromfile('my_config.py')      # or dynnorm.integrations.mm_runtime.load_config(...)
+    install_checkpoint_loader(trusted_checkpoints(cfg))   # before the Runner loads anything
+    Runner.from_cfg(cfg).train()
+
+A checkpoint can also be read directly, with the same policy::
+
+    checkpoint = load_weights_only('work_dirs/my_run/iter_1000.pth', map_location='cpu')
 """
 from __future__ import annotations
 
@@ -24,8 +36,11 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader, find_latest_checkpoint
 
-TRUST_HINT = ("if you trust the file, pass --trust-checkpoint to tools/train.py or tools/test.py, "
-              "or set trust_checkpoint = True in the config")
+__all__ = ["RUNNER_CHECKPOINT_GLOBALS", "UntrustedCheckpointError", "checkpoint_loader", "install_checkpoint_loader",
+           "load_weights_only", "trusted_checkpoints"]
+
+TRUST_HINT = ("if you trust the file, pass --trust-checkpoint to tools/train.py or tools/test.py, or set "
+              "trust_checkpoint = True in the config (in your own script: install_checkpoint_loader(trusted=[path]))")
 
 # HistoryBuffer pickles its registry of statistics methods; these are the ones it registers itself.
 _HISTORY_BUFFER_STATISTICS = ("min", "max", "current", "mean")
@@ -81,6 +96,14 @@ def load_weights_only(filename: str | os.PathLike, map_location=None) -> Any:
 
     Raises :class:`UntrustedCheckpointError`, naming the file, what was refused and how to trust it, when the
     file needs other globals.
+
+    Examples::
+
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), 'weights.pth')
+        >>> torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'seed': np.int64(7)}}, path)
+        >>> int(load_weights_only(path)['meta']['seed'])
+        7
     """
     with torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS):
         try:
@@ -115,6 +138,14 @@ def trusted_checkpoints(cfg) -> list[str]:
 
     That is ``load_from`` (``--resume CKPT`` and tools/test.py's CHECKPOINT set it) or, for ``--resume`` alone,
     the latest checkpoint of the work dir. Raises ``TypeError`` if ``trust_checkpoint`` is not a bool.
+
+    Examples::
+
+        >>> from mmengine.config import Config
+        >>> trusted_checkpoints(Config(dict(load_from='a.pth')))
+        []
+        >>> trusted_checkpoints(Config(dict(load_from='a.pth', trust_checkpoint=True)))
+        ['a.pth']
     """
     trust = cfg.get("trust_checkpoint", False)
     if not isinstance(trust, bool):
@@ -128,7 +159,12 @@ def trusted_checkpoints(cfg) -> list[str]:
 
 
 def install_checkpoint_loader(trusted: Iterable[str | os.PathLike] = ()) -> Callable:
-    """Make :func:`checkpoint_loader` (``trusted``) mmengine's loader for local paths in this process; return it."""
+    """Make :func:`checkpoint_loader` (``trusted``) mmengine's loader for local paths in this process; return it.
+
+    Call it before the Runner loads a checkpoint (``load_from``, ``resume``); it replaces the loader mmengine
+    registered for paths without a scheme (``CheckpointLoader.register_scheme(prefixes='', force=True)``), so
+    ``http://`` and other schemes keep their loaders.
+    """
     loader = checkpoint_loader(trusted)
     CheckpointLoader.register_scheme(prefixes="", loader=loader, force=True)
     return loader

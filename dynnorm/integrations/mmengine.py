@@ -22,8 +22,9 @@ Importing the module calls :func:`register_all_modules`, which registers, in mme
   statistics re-estimated before validation).
 
 It registers and does nothing else: checkpoints load as mmengine and torch load them (weights-only under
-torch >= 2.6). The repository's ``tools/train.py`` and ``tools/test.py`` set their own checkpoint policy
-(``tools/mm_checkpoint.py``) and config adjustments (``tools/mm_runtime.py``).
+torch >= 2.6). A script opts into the weights-only policy for mmengine's own checkpoints with
+:mod:`dynnorm.integrations.mm_checkpoint` and into the config adjustments of the repository's ``tools/train.py``
+and ``tools/test.py`` with :mod:`dynnorm.integrations.mm_runtime`.
 
 Needs only mmengine (mmcv, mmdet and mmseg are needed by the models that use the layers, not here).
 """
