@@ -90,6 +90,32 @@ def test_unknown_keyword_from_a_group_norm_config_is_rejected():
         build_norm_layer(dict(type="SN", num_groups=32), 64)
 
 
+@pytest.mark.parametrize("scope", ["mmdet", "mmseg"])
+def test_an_unknown_norm_type_in_build_norm_layer_suggests_the_closest_registered_names(scope):
+    from mmcv.cnn import build_norm_layer
+
+    with DefaultScope.overwrite_default_scope(scope):
+        with pytest.raises(KeyError) as raised:
+            build_norm_layer(dict(type="SNN"), 64)
+        assert isinstance(raised.value, dynnorm.UnknownNormError)
+        message = str(raised.value)
+        assert message.startswith("Unknown norm layer 'SNN'; did you mean 'SN' or 'SSN'? available: [")
+        available = eval(message.split("available: ", 1)[1])  # the names, as a list literal
+        assert {"BN", "SyncBN", "GN", "LN", "IN", *dynnorm.SHORT_NAMES, "SwitchNorm2d"} <= set(available)
+        assert "ResNet" not in available and "Conv2d" not in available  # norm layers only
+        with pytest.raises(KeyError, match=r"did you mean 'SyncBN'\?"):  # mmengine's names are case-sensitive
+            build_norm_layer(dict(type="SyncBn"), 64)
+        with pytest.raises(KeyError, match=r"Unknown norm layer 'Whatever'; available: \["):
+            build_norm_layer(dict(type="Whatever"), 64)
+        assert type(build_norm_layer(dict(type="SN"), 64)[1]) is dynnorm.SwitchNorm2d  # known types as before
+
+
+def test_other_registry_lookups_keep_mmengine_behaviour_for_unknown_types():
+    assert "SNN" not in MODELS and MODELS.get("SNN") is None
+    with pytest.raises(KeyError, match="SNN is not in the mmengine::model registry"):
+        MODELS.build(dict(type="SNN"))
+
+
 def test_custom_imports_in_a_config_registers_the_layers_in_a_fresh_interpreter():
     code = (
         "import sys; from mmengine.config import Config; from mmengine.registry import MODELS\n"

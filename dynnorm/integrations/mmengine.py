@@ -21,10 +21,12 @@ Importing the module calls :func:`register_all_modules`, which registers, in mme
   mixture logits) and :class:`~dynnorm.integrations.mm_hooks.RecalibrateBatchStatisticsHook` (running
   statistics re-estimated before validation).
 
-It registers and does nothing else: checkpoints load as mmengine and torch load them (weights-only under
-torch >= 2.6). A script opts into the weights-only policy for mmengine's own checkpoints with
-:mod:`dynnorm.integrations.mm_checkpoint` and into the config adjustments of the repository's ``tools/train.py``
-and ``tools/test.py`` with :mod:`dynnorm.integrations.mm_runtime`.
+Besides, an unknown ``norm_cfg`` type in mmcv's ``build_norm_layer`` raises an error that names the closest
+registered norm layers ("did you mean 'SN' or 'SSN'?", :mod:`dynnorm.integrations.mm_errors`); every other
+registry lookup keeps mmengine's behaviour. Nothing else changes: checkpoints load as mmengine and torch load
+them (weights-only under torch >= 2.6). A script opts into the weights-only policy for mmengine's own
+checkpoints with :mod:`dynnorm.integrations.mm_checkpoint` and into the config adjustments of the repository's
+``tools/train.py`` and ``tools/test.py`` with :mod:`dynnorm.integrations.mm_runtime`.
 
 Needs only mmengine (mmcv, mmdet and mmseg are needed by the models that use the layers, not here).
 """
@@ -36,6 +38,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("dynnorm.integrations.mmengine requires mmengine: pip install 'dynnorm[mm]'") from error
 
 from ..registry import LAYER_CLASSES, SHORT_NAMES
+from .mm_errors import suggest_norm_names
 from .mm_hooks import (
     ClipMixtureGradNormHook, DynNormEvalHook, DynNormSyncHook, ImportanceRatioHook, RecalibrateBatchStatisticsHook,
 )
@@ -64,7 +67,9 @@ def _register(registry, name: str, obj: type) -> None:
 
 
 def register_all_modules() -> None:
-    """Register dynnorm's layers, optimizer constructor and hooks in mmengine's root registries.
+    """Register dynnorm's layers, optimizer constructor and hooks in mmengine's root registries, and make
+    unknown norm types in mmcv's ``build_norm_layer`` suggest the closest names
+    (:func:`~dynnorm.integrations.mm_errors.suggest_norm_names`).
 
     Idempotent: registering twice (or after a reload of this module) changes nothing. Raises ``KeyError``
     if a name is already taken by another class.
@@ -75,6 +80,7 @@ def register_all_modules() -> None:
     for hook in (DynNormEvalHook, DynNormSyncHook, ImportanceRatioHook, ClipMixtureGradNormHook,
                  RecalibrateBatchStatisticsHook):
         _register(HOOKS, hook.__name__, hook)
+    suggest_norm_names()
 
 
 register_all_modules()
