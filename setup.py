@@ -22,7 +22,7 @@ def extension_options() -> dict:
     headers = [os.path.join("dynnorm", "csrc", name) for name in ("layers.h", "passes.h", "small_math.h")]
     extension = CppExtension(
         "dynnorm._C",
-        [os.path.join("dynnorm", "csrc", "ops.cpp")],
+        [os.path.join("dynnorm", "csrc", name) for name in ("ops.cpp", "autograd.cpp")],
         depends=headers,
         extra_compile_args=["-O3", "-fopenmp"],
         extra_link_args=["-fopenmp"],

@@ -76,6 +76,10 @@ class DynNormBase(nn.Module):
         process_group: the group to synchronize over (``None``: the default group).
     """
 
+    #: State-dict format (``nn.Module``'s versioning, as ``nn.BatchNorm`` does): 2 adds SSN's ``mean_selected`` /
+    #: ``var_selected`` buffers and names EN's static logits ``ratio_b2`` (``ratio_bias`` before); layers migrate
+    #: older checkpoints in ``_load_from_state_dict``.
+    _version = 2
     _abbr_: ClassVar[str] = "bn"  # mmcv layer naming: keeps the state-dict keys of BN networks (bn1.weight, ...)
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
     sync_batch_stats_default: ClassVar[bool] = False
@@ -215,15 +219,20 @@ class DynNormBase(nn.Module):
         return self._normalize(kernels.select(x, synchronized=synchronized), x, synchronized)
 
     def _normalize(self, ops: ModuleType, x: Tensor, synchronized: bool) -> Tensor:
-        """Apply the layer's function from ``ops`` (:mod:`dynnorm.functional` or a kernel module) to ``x``."""
+        """Apply the layer's function from ``ops`` (:mod:`dynnorm.functional` or a fused implementation chosen by
+        :func:`dynnorm.kernels.select`) to ``x``."""
         raise NotImplementedError
 
     def _batch_arguments(self, synchronized: bool) -> dict:
-        """The arguments of the layer functions that concern the BN term."""
+        """The arguments of the layer functions that concern the BN term. As in ``nn.BatchNorm``, the running
+        statistics are passed (and updated) in training only while ``track_running_stats`` is set, and used in
+        evaluation whenever they exist, so setting ``layer.track_running_stats = False`` after construction
+        behaves as it does for BatchNorm."""
+        tracked = not self.training or self.track_running_stats
         return {
-            "running_mean": self.running_mean,
-            "running_var": self.running_var,
-            "num_batches_tracked": self.num_batches_tracked,
+            "running_mean": self.running_mean if tracked else None,
+            "running_var": self.running_var if tracked else None,
+            "num_batches_tracked": self.num_batches_tracked if tracked else None,
             "training": self.training,
             "momentum": self.momentum,
             "eps": self.eps,

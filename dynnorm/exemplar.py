@@ -81,6 +81,12 @@ class ExemplarNorm2d(DynNormBase):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", hidden_size={self.hidden_size}"
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+        # Checkpoints written before version 2 call the static logits ``ratio_bias``.
+        if local_metadata.get("version", 1) < 2 and prefix + "ratio_bias" in state_dict:
+            state_dict[prefix + "ratio_b2"] = state_dict.pop(prefix + "ratio_bias")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
     def importance_ratios(self) -> dict[str, dict[str, float]]:
         """Batch-averaged ratios of the last training batch, ``{'ratio': {'IN': .., 'LN': .., 'BN': ..}}``."""
         values = [float("nan")] * 3 if self.last_ratios is None else self.last_ratios.tolist()

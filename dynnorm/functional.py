@@ -42,8 +42,8 @@ BatchMoments = Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, Tensor, int
 
 __all__ = [
     "BatchMoments", "accumulation_dtype", "associate_norm", "capturing", "dynamic_affine_norm", "dynamic_norm",
-    "exemplar_norm", "group_moments", "instance_moments", "one_hot_of_argmax", "pooled_moments", "sparse_switch_norm",
-    "sparsemax", "sparsestmax", "spatial_size", "switch_norm",
+    "exemplar_norm", "group_moments", "instance_moments", "one_hot", "one_hot_of_argmax", "pooled_moments",
+    "sparse_switch_norm", "sparsemax", "sparsestmax", "spatial_size", "switch_norm", "update_running_stats",
 ]
 
 _ONE_HOT_TOLERANCE = 1e-6
@@ -80,12 +80,14 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def relative_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(R, mean - R, var)``: a reference value ``R`` (``()``, detached: the average of the first value of each
-    (n, c), which for an input with a common offset is close to every value), and the per-(sample, channel)
+    """``(R, mean - R, var)``: a reference value ``R`` (``()``, detached: the average of the finite first values of
+    the (n, c) rows, which for an input with a common offset is close to every value), and the per-(sample, channel)
     mean relative to it and biased variance, each ``(N, C)`` in :func:`accumulation_dtype`. ``x - R`` is exact
     for values near ``R``, so the relative mean keeps all its digits however large the offset."""
     flat = x.reshape(x.shape[0], x.shape[1], spatial_size(x)).to(accumulation_dtype(x.dtype))
-    reference = flat[:, :, 0].detach().sum() / max(flat.shape[0] * flat.shape[1], 1)  # 0 for an empty batch
+    first = flat[:, :, 0].detach()
+    finite = torch.isfinite(first)  # a non-finite value reaches only the statistics that contain it
+    reference = torch.where(finite, first, 0).sum() / finite.sum().clamp_min(1)  # 0 for an empty batch
     var, mean = torch.var_mean(flat - reference, dim=2, correction=0)  # the backward also sees x - R
     return reference, mean, var
 
@@ -115,13 +117,16 @@ def _autocast_off(x: Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-def _normalize(x: Tensor, reference: Tensor, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+def _normalize(values: Tensor, reference: Tensor, mean: Tensor, scale: Tensor, shift: Tensor,
+               dtype: torch.dtype) -> Tensor:
     """``((x - R) - mean) * scale + shift`` (``mean`` relative to ``R``) with ``(N, C)``-broadcastable
-    coefficients, in their dtype, returned in ``x.dtype`` (and ``x``'s memory format)."""
-    n, c = x.shape[0], x.shape[1]
-    view = (n, c) + (1,) * (x.dim() - 2)
-    centered = (x.to(scale.dtype) - reference) - mean.reshape(view)
-    return torch.addcmul(shift.expand(n, c).reshape(view), centered, scale.expand(n, c).reshape(view)).to(x.dtype)
+    coefficients, from the input in the accumulation dtype (``values``, the same tensor the moments were taken
+    from, so a half-precision input's gradient is rounded once), returned in ``dtype`` and ``values``' memory
+    format."""
+    n, c = values.shape[0], values.shape[1]
+    view = (n, c) + (1,) * (values.dim() - 2)
+    centered = (values - reference) - mean.reshape(view)
+    return torch.addcmul(shift.expand(n, c).reshape(view), centered, scale.expand(n, c).reshape(view)).to(dtype)
 
 
 def _local_batch_moments(mean: Tensor, var: Tensor, reference: Tensor, values_per_sample: int
@@ -144,25 +149,35 @@ def _batch_term(
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
         if running_mean is not None:
-            _update_running_stats(running_mean, running_var, num_batches_tracked, batch_mean[0] + reference,
-                                  batch_var[0], count, momentum)
+            update_running_stats(running_mean, running_var, num_batches_tracked, batch_mean[0] + reference,
+                                 batch_var[0] * (count / (count - 1)), momentum)
     return batch_mean, batch_var
 
 
 @torch.no_grad()
-def _update_running_stats(
+def update_running_stats(
     running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor | None, batch_mean: Tensor,
-    batch_var: Tensor, count: int, momentum: float | None,
+    batch_var: Tensor, momentum: float | None,
 ) -> None:
-    """``running = lerp(running, batch, factor)``, the variance stored unbiased (``* count / (count - 1)``),
-    as ``nn.BatchNorm`` does; ``momentum=None`` weights the batch by ``1 / num_batches_tracked``."""
+    """Average a batch's statistics into the running statistics, in place, on their device (no host read):
+    ``running = lerp(running, batch, factor)``, as ``nn.BatchNorm`` does; ``momentum=None`` weights the batch
+    by ``1 / num_batches_tracked``. The one implementation of this update, used by the reference ops and by the
+    fused operators (which return the batch statistics instead of writing the buffers).
+
+    Args:
+        running_mean, running_var: ``(C,)`` buffers, updated in place.
+        num_batches_tracked: ``()`` long buffer counting the updates, or ``None``.
+        batch_mean, batch_var: ``(C,)`` mean and unbiased variance of the batch (the variance is stored
+            unbiased, as ``nn.BatchNorm`` stores it).
+        momentum: weight of the batch, or ``None`` for a cumulative average.
+    """
     factor: float | Tensor = momentum if momentum is not None else 0.0
     if num_batches_tracked is not None:
         num_batches_tracked.add_(1)
         if momentum is None:
             factor = 1.0 / num_batches_tracked.to(running_mean.dtype)
-    running_mean.lerp_(batch_mean.to(running_mean.dtype), factor)
-    running_var.lerp_((batch_var * (count / (count - 1))).to(running_var.dtype), factor)
+    for running, batch in ((running_mean, batch_mean), (running_var, batch_var)):
+        running.lerp_(batch if batch.dtype == running.dtype else batch.to(running.dtype), factor)
 
 
 def _without_instance_term(weights: Tensor) -> Tensor:
@@ -200,7 +215,8 @@ def switch_norm(
     with ``mixture_logits=False``. For one value per (n, c) IN is left out of both mixtures. The mean is
     computed as ``mu_IN - sum_{k >= 1} w_k (mu_IN - mu_k)``, equal to ``sum_k w_k mu_k`` on the simplex.
     """
-    reference, mean, var = relative_moments(x)
+    values = x.to(accumulation_dtype(x.dtype))
+    reference, mean, var = relative_moments(values)
     mean_w = _mixture(mean_mixture, mixture_logits, spatial_size(x) == 1, mean.dtype)
     var_w = _mixture(var_mixture, mixture_logits, spatial_size(x) == 1, mean.dtype)
     mean_ln, var_ln = pooled_moments(mean, var, dim=1)
@@ -217,7 +233,7 @@ def switch_norm(
     shift = deviation * scale
     if bias is not None:
         shift = shift + bias.to(scale.dtype)
-    return _normalize(x, reference, mean, scale, shift)
+    return _normalize(values, reference, mean, scale, shift, x.dtype)
 
 
 def sparsemax(logits: Tensor) -> Tensor:
@@ -233,10 +249,14 @@ def sparsemax(logits: Tensor) -> Tensor:
     return (logits - threshold).clamp_min(0)
 
 
+def one_hot(index: int | Tensor, size: int, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+    """``(size,)`` one-hot vector at ``index`` (an int or a ``()`` tensor, read on its device), in ``dtype``."""
+    return (torch.arange(size, device=device) == index).to(dtype)
+
+
 def one_hot_of_argmax(values: Tensor) -> Tensor:
     """``(K,)`` one-hot vector at the largest entry of ``values`` (first one on ties), in its dtype."""
-    index = torch.arange(values.numel(), device=values.device)
-    return (index == values.argmax()).to(values.dtype)
+    return one_hot(values.argmax(), values.numel(), values.dtype, values.device)
 
 
 def sparsestmax(logits: Tensor, radius: float | Tensor) -> Tensor:
@@ -247,11 +267,12 @@ def sparsestmax(logits: Tensor, radius: float | Tensor) -> Tensor:
     point back with sparsemax onto a smaller face, with the radius reduced by the distance between the two
     face centres, so ``K`` rounds suffice. The rounds are computed for all ``K`` steps and selected with
     ``torch.where`` (no Python branch on values), so the function traces, compiles and exports; gradients
-    flow through the selected branch.
+    flow through the selected branch. Non-finite logits give NaN weights (as ``torch.softmax`` does for NaN):
+    a diverged parameter shows up in the output.
     """
-    if not capturing() and not bool(torch.isfinite(logits).all()):
-        raise ValueError(f"sparsestmax got non-finite logits {logits.tolist()}")
     dtype = logits.dtype
+    finite = torch.isfinite(logits).all()
+    logits = torch.where(finite, logits, torch.zeros_like(logits))  # keeps the rounds' arithmetic finite
     radius = torch.as_tensor(radius, dtype=dtype, device=logits.device)
     point = sparsemax(logits)
     result = torch.zeros_like(point)
@@ -271,46 +292,46 @@ def sparsestmax(logits: Tensor, radius: float | Tensor) -> Tensor:
         done = done | finished | inside
         point = torch.where(done, point, sparsemax(pushed))
         previous_centre = centre
-    return torch.where(done, result, point)
+    return torch.where(finite, torch.where(done, result, point), torch.full_like(point, float("nan")))
 
 
-def _sparse_mixture(logits: Tensor, radius: Tensor, fixed: Tensor, freeze: bool) -> Tensor:
-    """SSN mixture weights ``(K,)`` in the accumulation dtype: SparsestMax of ``logits``, or the one-hot vector
-    of their argmax once ``fixed``. With ``freeze`` a mixture that became one-hot is frozen in place (one-hot
-    logits, flag set). Eagerly a frozen mixture has no graph, so its logits get no gradient (``grad`` stays
-    ``None`` and optimizers leave them alone)."""
-    acc = accumulation_dtype(logits.dtype)
+def _sparse_mixture(logits: Tensor, radius: Tensor, fixed: Tensor, selected: Tensor, freeze: bool) -> Tensor:
+    """SSN mixture weights ``(K,)`` in the accumulation dtype: SparsestMax of ``logits``, or the one-hot vector at
+    ``selected`` once ``fixed``. With ``freeze`` a mixture that became one-hot is frozen: its flag is set and its
+    selection recorded (buffers; the logits are left alone). Eagerly a frozen mixture has no graph, so its
+    logits get no gradient (``grad`` stays ``None`` and optimizers leave them alone)."""
+    acc, size, device = accumulation_dtype(logits.dtype), logits.numel(), logits.device
     if not capturing() and bool(fixed):
-        return one_hot_of_argmax(logits.detach().to(acc))
-    # A copy of the logits and of the flag: the freezing step below updates both in place.
-    weights = torch.where(fixed.clone(), one_hot_of_argmax(logits.detach().to(acc)),
-                          sparsestmax(logits.to(acc, copy=True), radius.to(acc)))
+        return one_hot(selected, size, acc, device)
+    # A copy of the flag: the freezing step below updates it in place.
+    weights = torch.where(fixed.clone(), one_hot(selected, size, acc, device),
+                          sparsestmax(logits.to(acc), radius.to(acc)))
     if not freeze:
         return weights
     with torch.no_grad():
-        one_hot = one_hot_of_argmax(weights)
-        newly = (weights.max() >= 1 - _ONE_HOT_TOLERANCE) & ~fixed
-        logits.copy_(torch.where(newly, one_hot.to(logits.dtype), logits))
+        newly = (weights.max() >= 1 - _ONE_HOT_TOLERANCE) & ~fixed  # False for NaN weights
+        selected.copy_(torch.where(newly, weights.argmax(), selected))
         fixed.copy_(fixed | newly)
     if not capturing() and bool(fixed):
-        return one_hot
-    return torch.where(fixed.clone(), one_hot, weights)
+        return one_hot(selected, size, acc, device)
+    return torch.where(fixed.clone(), one_hot(selected.clone(), size, acc, device), weights)
 
 
 def sparse_switch_norm(
     x: Tensor, *, weight: Tensor | None, bias: Tensor | None, mean_weight: Tensor, var_weight: Tensor,
-    radius: Tensor, mean_fixed: Tensor, var_fixed: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-    num_batches_tracked: Tensor | None, training: bool, momentum: float | None, eps: float, freeze: bool,
-    batch_moments: BatchMoments | None = None,
+    radius: Tensor, mean_fixed: Tensor, var_fixed: Tensor, mean_selected: Tensor, var_selected: Tensor,
+    running_mean: Tensor | None, running_var: Tensor | None, num_batches_tracked: Tensor | None, training: bool,
+    momentum: float | None, eps: float, freeze: bool, batch_moments: BatchMoments | None = None,
 ) -> Tensor:
     """Sparse Switchable Normalization: :func:`switch_norm` with mixtures ``sparsestmax(logits, radius)``.
 
-    ``radius``: ``()`` tensor; ``mean_fixed``/``var_fixed``: ``()`` bool tensors, a frozen mixture is the
-    one-hot vector of its logits' argmax. With ``freeze`` (a training step), a mixture whose SparsestMax is
-    one-hot is frozen: its logits (updated in place) become that one-hot vector and its flag is set.
+    ``radius``: ``()`` tensor; ``mean_fixed``/``var_fixed``: ``()`` bool tensors and ``mean_selected``/
+    ``var_selected``: ``()`` long tensors: a fixed mixture is the one-hot vector at its selection. With
+    ``freeze`` (a training step), a mixture whose SparsestMax is one-hot is frozen: its flag is set and its
+    argmax recorded as its selection (both updated in place; the logits are not written).
     """
-    mean_mixture = _sparse_mixture(mean_weight, radius, mean_fixed, freeze)
-    var_mixture = _sparse_mixture(var_weight, radius, var_fixed, freeze)
+    mean_mixture = _sparse_mixture(mean_weight, radius, mean_fixed, mean_selected, freeze)
+    var_mixture = _sparse_mixture(var_weight, radius, var_fixed, var_selected, freeze)
     return switch_norm(x, weight=weight, bias=bias, mean_mixture=mean_mixture, var_mixture=var_mixture,
                        running_mean=running_mean, running_var=running_var, num_batches_tracked=num_batches_tracked,
                        training=training, momentum=momentum, eps=eps, mixture_logits=False,
@@ -335,7 +356,8 @@ def exemplar_norm(
     Returns:
         ``(y, ratios)``: the output and the batch-averaged ratios ``(3,)`` (IN, LN, BN), detached.
     """
-    reference, mean, var = relative_moments(x)
+    values = x.to(accumulation_dtype(x.dtype))
+    reference, mean, var = relative_moments(values)
     mean_ln, var_ln = pooled_moments(mean, var, dim=1)
     mean_bn, var_bn = _batch_term(x, reference, mean, var, running_mean, running_var, num_batches_tracked,
                                   training, momentum, batch_moments)
@@ -355,7 +377,7 @@ def exemplar_norm(
         shift = shift * weight.to(scale.dtype)
     if bias is not None:
         shift = shift + bias.to(scale.dtype)
-    return _normalize(x, reference, mean, scale, shift), ratios.detach().mean(0)
+    return _normalize(values, reference, mean, scale, shift, x.dtype), ratios.detach().mean(0)
 
 
 def _mix_with_batch(mean: Tensor, var: Tensor, batch_mean: Tensor, batch_var: Tensor, gate: Tensor
@@ -392,7 +414,8 @@ def dynamic_norm(
     so the pooled variance is a sum of non-negative terms and never cancels; means are pooled relative to
     their average (pooling is equivariant to a common shift).
     """
-    reference, relative, var = relative_moments(x)
+    values = x.to(accumulation_dtype(x.dtype))
+    reference, relative, var = relative_moments(values)
     batch_relative, var_bn = _batch_term(x, reference, relative, var, running_mean, running_var,
                                          num_batches_tracked, training, momentum, batch_moments)
     dtype = relative.dtype
@@ -414,7 +437,7 @@ def dynamic_norm(
     shift = (relative - pooled_mean.reshape_as(relative)) * scale
     if bias is not None:
         shift = shift + bias.to(dtype)
-    return _normalize(x, reference, relative, scale, shift)
+    return _normalize(values, reference, relative, scale, shift, x.dtype)
 
 
 def dynamic_affine_norm(
@@ -432,7 +455,8 @@ def dynamic_affine_norm(
     ``s`` (``2C``): DN-B, per sample, ``[(mu_IN - mu_BN) / s_BN ; s_IN / s_BN]`` (``s = sqrt(var + eps)``);
     DN-C, per batch, ``[mu_BN ; s_BN]``. ``sc_w1 (H, 2C)``, ``sc_b1 (H,)``, ``sc_w2 (2C, H)``, ``sc_b2 (2C,)``.
     """
-    reference, mean, var = relative_moments(x)
+    values = x.to(accumulation_dtype(x.dtype))
+    reference, mean, var = relative_moments(values)
     mean_bn, var_bn = _batch_term(x, reference, mean, var, running_mean, running_var, num_batches_tracked,
                                   training, momentum, batch_moments)
     rstd_bn = torch.rsqrt(var_bn + eps)
@@ -447,7 +471,7 @@ def dynamic_affine_norm(
     gamma = delta[:, :c] + (1.0 if weight is None else weight.to(dtype))
     beta = delta[:, c:] + (0.0 if bias is None else bias.to(dtype))
     scale = gamma * rstd_bn
-    return _normalize(x, reference, mean, scale, beta + (mean - mean_bn) * scale)
+    return _normalize(values, reference, mean, scale, beta + (mean - mean_bn) * scale, x.dtype)
 
 
 def associate_norm(
@@ -465,7 +489,8 @@ def associate_norm(
     ``mu``, ``sigma^2``: ``(N, G)`` group statistics (swapped with ``scale_from_mean=False``, ILM Norm);
     ``encoder_weight (E, G)``, decoders ``(G, E)``; ``weight``/``bias`` ``(C,)`` are ``B_omega``/``B_beta``.
     """
-    reference, mean, var = relative_moments(x)
+    values = x.to(accumulation_dtype(x.dtype))
+    reference, mean, var = relative_moments(values)
     group_mean, group_var = group_moments(mean, var, num_groups)
     key_mean = group_mean + reference  # the key feature is the raw group mean
     scale_key, shift_key = (key_mean, group_var) if scale_from_mean else (group_var, key_mean)
@@ -477,4 +502,4 @@ def associate_norm(
     scale = (omega.repeat_interleave(size, dim=1) + weight.to(dtype)) * torch.rsqrt(group_var + eps).repeat_interleave(
         size, dim=1)
     shift = beta.repeat_interleave(size, dim=1) + bias.to(dtype) + (mean - group_mean.repeat_interleave(size, dim=1)) * scale
-    return _normalize(x, reference, mean, scale, shift)
+    return _normalize(values, reference, mean, scale, shift, x.dtype)

@@ -224,7 +224,7 @@ def test_switch_selects_the_implementation_and_restores_it():
     assert dynnorm.fast_path_enabled() and layer(x).grad_fn.name() == "dynnorm::SwitchNormBackward"
 
 
-def test_captures_transforms_and_other_layouts_take_the_reference():
+def test_exports_traces_transforms_and_other_layouts_take_the_reference_and_compile_keeps_the_operators():
     x = torch.randn(2, 4, 6, 6)
     assert kernels.select(x[:, :, ::2]) is functional  # neither contiguous nor channels-last
     assert kernels.select(x, synchronized=True) is functional
@@ -237,18 +237,29 @@ def test_captures_transforms_and_other_layouts_take_the_reference():
     torch.func.grad(probe)(x)
     torch.func.vmap(probe)(x)
     torch.jit.trace(lambda t: probe(t) * 1, (x,), check_trace=False)
-    torch.compile(probe, backend="eager", fullgraph=True)(x)
+
+    class Probe(nn.Module):
+        def forward(self, t):
+            return probe(t)
+
+    torch.export.export(Probe(), (x,))
     assert seen and all(impl is functional for impl in seen), seen
+    seen.clear()
+    torch.compile(probe, backend="eager", fullgraph=True)(x)
+    assert seen == [kernels.cpu]
 
 
-def test_double_backward_through_the_fused_operator_says_how_to_get_it():
-    layer = dynnorm.SwitchNorm2d(4, dtype=torch.float64)
+def test_double_backward_through_the_fused_operator_matches_the_reference():
+    layer = randomize(dynnorm.SwitchNorm2d(4, dtype=torch.float64))
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(RuntimeError, match=r"no double backward.*fast_path\(False\)"):
-        torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
-    with dynnorm.fast_path(False):
-        layer.track_running_stats = False
-        assert torch.autograd.gradgradcheck(layer, (x,))
+    results = []
+    for fast in (True, False):
+        with dynnorm.fast_path(fast):
+            out = layer(x)
+        (grad,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(grad.square().sum(), [x, *layer.parameters()]))
+    for fast_grad, reference_grad in zip(*results):
+        torch.testing.assert_close(fast_grad, reference_grad, **TOLERANCES[torch.float64])
 
 
 def test_inplace_change_of_the_input_before_backward_is_named_clearly():

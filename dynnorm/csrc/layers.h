@@ -31,7 +31,8 @@ struct LayerOptions {
   bool flag = false;             // DN-B: per sample; AssocNorm: scale from the mean
   Mixture mixture = Mixture::kSoftmax;
   double radius = 0;             // SSN: SparsestMax radius
-  std::array<bool, 2> frozen{};  // SSN: mean / variance mixture frozen (one-hot of the logits' argmax)
+  std::array<bool, 2> frozen{};  // SSN: mean / variance mixture frozen: one-hot at `selected`
+  std::array<int64_t, 2> selected{};
   int64_t groups = 0;            // AssocNorm
   std::vector<int64_t> factors;  // DN: channel factor sizes
 };
@@ -78,8 +79,12 @@ struct SwitchNorm {
   SwitchNorm(const LayerInput<T>& input, const LayerOptions& o)
       : in(input), options(o), K(input.numel[kMeanMixture]) {
     const int64_t N = in.N, C = in.C;
-    mixture(in.param[kMeanMixture], o.frozen[0], sparse_m, wm, norm_m);
-    mixture(in.param[kVarMixture], o.frozen[1], sparse_v, wv, norm_v);
+    mixture(in.param[kMeanMixture], 0, sparse_m, wm, norm_m);
+    mixture(in.param[kVarMixture], 1, sparse_v, wv, norm_v);
+    if (o.mixture == Mixture::kSparsestMax) {  // SSN reports the weights it used
+      aux.assign(wm, wm + K);
+      aux.insert(aux.end(), wv, wv + K);
+    }
     ln_mean.resize(N), ln_var.resize(N), rstd.resize(N * C), scale.resize(N * C), shift.resize(N * C);
     group_moments(N, C, C, in.mean, in.var, ln_mean.data(), ln_var.data());
     for (int64_t n = 0; n < N; ++n) {
@@ -101,8 +106,9 @@ struct SwitchNorm {
   T weight(int64_t c) const { return in.param[kWeight] ? in.param[kWeight][c] : T(1); }
   T bias(int64_t c) const { return in.param[kBias] ? in.param[kBias][c] : T(0); }
 
-  // Mixture weights from the parameters; IN is left out for one value per (n, c).
-  void mixture(const T* given, bool frozen, std::optional<SparsestMax<T>>& sparse, T* w, T& total) const {
+  // Mixture weights from the parameters (mixture `which`: 0 mean, 1 variance); IN is left out for one value per
+  // (n, c). Non-finite SparsestMax logits give NaN weights, so the output shows the diverged parameter.
+  void mixture(const T* given, int which, std::optional<SparsestMax<T>>& sparse, T* w, T& total) const {
     const bool single = in.L == 1;
     if (options.mixture == Mixture::kSoftmax) {
       const bool skip[3] = {single, false, false};
@@ -111,21 +117,20 @@ struct SwitchNorm {
     }
     if (options.mixture == Mixture::kWeights) {
       std::copy(given, given + K, w);
-    } else if (frozen) {
+    } else if (options.frozen[which]) {
       std::fill(w, w + K, T(0));
-      w[std::max_element(given, given + K) - given] = 1;
-    } else {
-      for (int64_t k = 0; k < K; ++k) {
-        TORCH_CHECK_VALUE(std::isfinite(given[k]), "sparsestmax got non-finite logits");
-      }
+      w[options.selected[which]] = 1;
+    } else if (std::all_of(given, given + K, [](T v) { return std::isfinite(v); })) {
       sparse.emplace(K, given, static_cast<T>(options.radius));
       std::copy(sparse->out.begin(), sparse->out.end(), w);
+    } else {
+      std::fill(w, w + K, std::numeric_limits<T>::quiet_NaN());
     }
     if (!single) return;
     w[0] = 0;
     total = 0;
     for (int64_t k = 1; k < K; ++k) total += w[k];
-    TORCH_CHECK_VALUE(total > 0, "the mixture selected IN only, which is undefined for inputs with one value per "
+    TORCH_CHECK_VALUE(total != 0, "the mixture selected IN only, which is undefined for inputs with one value per "
                       "(sample, channel)");
     for (int64_t k = 1; k < K; ++k) w[k] /= total;
   }
