@@ -1,8 +1,8 @@
 """Batch-size robustness: the same classifier with each normalizer, trained at several per-device batch sizes.
 
-    python -m benchmarks.batch_size_study [--dataset shapes|fashion-mnist] [--norms BN GN SN EN DNB AssocNorm]
+    python -m benchmarks.batch_size_study [--dataset shapes|fashion-mnist] [--norms BN GN SN EN DN DNB AssocNorm]
                                           [--batch-sizes 1 2 4 8 16 32] [--seeds 0 1 2] [--epochs N] [--num-train N]
-                                          [--workers 2] [--max-runs N]
+                                          [--workers 2] [--max-runs N] [--rerun NORM ...]
                                           [--out benchmarks/results/batch_size_study_<dataset>]
 
 The small-scale counterpart of the AssocNorm paper's Table 3 and the SN paper's batch-size figure: a
@@ -15,7 +15,7 @@ change the result). Every normalizer is built by its registry name (:func:`dynno
 AssocNorm use 8 groups (the network's narrowest layers have 16 channels). With
 batch size 1 in the study, every ``--batch1-norms`` normalizer (default: SN with ``using_bn=False``, the SN
 paper's setting for one image per device, row ``SN (no BN)``) also runs at batch size 1, as a row of its own.
-``--norms`` also takes SSN, DN and DNC.
+``--norms`` also takes SSN and DNC.
 
 Datasets (``--dataset``):
 
@@ -26,7 +26,7 @@ Datasets (``--dataset``):
   test images; batch sizes 1-32, seeds 0, 1, 2. The files are found as by
   :class:`tasks.classification.data.FashionMNISTDataModule` (``--data-root`` to point elsewhere).
 
-Sizing of the Fashion-MNIST defaults, for about 90 minutes on 2 CPU cores with ``--workers 2`` (1 thread each).
+Sizing of the Fashion-MNIST defaults (before DN joined them), for about 90 minutes on 2 CPU cores with ``--workers 2`` (1 thread each).
 Measured seconds per training step of ResNet-8 (width 16), the same for all six normalizers within the noise:
 5.5-6.6 ms at batch 1, 7.2-9.6 ms at batch 2 and 35-41 ms at batch 32 on an otherwise quiet machine (9-22,
 13-34 and 21-50 ms at batches 4, 8 and 16 with the machine busier), plus 5-7 s per run for the data, the
@@ -38,10 +38,15 @@ per image-epoch, plus 111 x 7 s = 13 worker-minutes. 8,000 images (800 per class
 leaves about 45% for a busier machine. Batch 1 then runs 16,000 optimizer steps, batch 32 runs 500.
 
 Results: ``<out>.json`` holds the settings and every finished run (dataset, norm, batch size, seed, test
-accuracy and loss, wall time, seconds per training step); each run is added as it finishes (written to a
-temporary file, then renamed over the JSON), and a rerun skips the runs already recorded, so an interrupted
-study resumes where it stopped (a JSON of other settings is an error: pick another ``--out``). ``<out>.md``
-tabulates mean +- std over the seeds per cell and ``<out>.png`` plots them with error bars.
+accuracy and loss, wall time, seconds per training step, and for AssocNorm and DN the layer diagnostics of
+:mod:`dynnorm.diagnostics` measured after training: each AssocNorm layer's dead and saturated auto-encoder
+units on the first 500 test images, each DN layer's batch gates and pooled channels); each run is added as
+it finishes (written to a temporary file, then renamed over the JSON), and a rerun skips the runs already
+recorded, so an interrupted study resumes where it stopped (a JSON of other settings is an error: pick
+another ``--out``). ``--rerun NORM ...`` discards the recorded runs of those normalizers first, to measure a
+changed layer again while keeping the other cells. ``<out>.md`` tabulates mean +- std over the seeds per cell
+and the layer diagnostics per batch size; ``<out>.png`` plots the accuracies with error bars and
+``<out>_diagnostics.png`` the diagnostics per layer.
 """
 from __future__ import annotations
 
@@ -67,6 +72,7 @@ GROUPED = ("GN", "AssocNorm")  # 8 groups
 NORMS = [study_name for name in dynnorm.list_norms(sync=False, torch_layers=True)
          for study_name in (name, *(v for v, (_, setting) in VARIANTS.items() if setting["type"] == name))]
 FASHION_MNIST_TEST_IMAGES = 10_000
+DIAGNOSTIC_IMAGES = 500  # test images the layer diagnostics are measured on
 
 
 def norm_setting(norm: str) -> str | dict:
@@ -166,11 +172,27 @@ def run_one(norm: str, batch_size: int, seed: int, settings: Settings, threads: 
     trainer.fit(model, data)
     # Evaluation uses running statistics only, so a large test batch gives the same accuracy, faster.
     tested = trainer.test(model, dataloaders=DataLoader(data.test_set, batch_size=500), verbose=False)[0]
-    return {"dataset": settings.dataset, "norm": norm, "batch_size": batch_size, "seed": seed, "lr": lr,
-            "steps": trainer.global_step, "test_acc1": round(tested["test_acc1"], 4),
-            "test_loss": round(tested["test_loss"], 4), "seconds": round(time.perf_counter() - start, 1),
-            "seconds_per_step": round(timer.time_elapsed("train") / max(trainer.global_step, 1), 5),
-            "threads": threads}
+    record = {"dataset": settings.dataset, "norm": norm, "batch_size": batch_size, "seed": seed, "lr": lr,
+              "steps": trainer.global_step, "test_acc1": round(tested["test_acc1"], 4),
+              "test_loss": round(tested["test_loss"], 4), "seconds": round(time.perf_counter() - start, 1),
+              "seconds_per_step": round(timer.time_elapsed("train") / max(trainer.global_step, 1), 5),
+              "threads": threads}
+    found = layer_diagnostics(model, data.test_set)
+    return {**record, "diagnostics": found} if found else record
+
+
+def layer_diagnostics(model, test_set) -> dict:
+    """The trained model's AssocNorm saturation on the first ``DIAGNOSTIC_IMAGES`` test images and its DN gate
+    mixture (:mod:`dynnorm.diagnostics`), per layer, rounded; empty when it has neither layer."""
+    import torch
+
+    from dynnorm import diagnostics
+
+    images = torch.stack([test_set[i][0] for i in range(min(DIAGNOSTIC_IMAGES, len(test_set)))])
+    found = {"assocnorm_saturation": diagnostics.associate_norm_saturation(model, images),
+             "dn_mixture": diagnostics.dynamic_norm_mixture(model)}
+    rounded = json.loads(json.dumps(found), parse_float=lambda text: round(float(text), 4))
+    return {kind: layers for kind, layers in rounded.items() if layers}
 
 
 def _cost(batch_size: int) -> float:
@@ -207,6 +229,10 @@ class ResultStore:
                                  "pass another --out, or delete the file to start over")
             self.runs = stored["runs"]
         self.header = header
+
+    def discard(self, norms: list[str]) -> None:
+        """Forget the recorded runs of ``norms`` (rewritten when the next run is added)."""
+        self.runs = [run for run in self.runs if run["norm"] not in norms]
 
     def recorded(self) -> set[tuple[str, int, int]]:
         return {run_key(run) for run in self.runs}
@@ -316,6 +342,85 @@ def plot(table: dict[tuple[str, int], dict], baseline: float, title: str, path: 
     plt.close(figure)
 
 
+def _diagnostic_cells(runs: list[dict], kind: str) -> dict[int, list[dict]]:
+    """``{batch_size: [per-layer diagnostics of every seed's run]}`` of the runs that recorded ``kind``."""
+    cells: dict[int, list[dict]] = {}
+    for run in runs:
+        cells.setdefault(run["batch_size"], []).extend(run.get("diagnostics", {}).get(kind, {}).values())
+    return {b: layers for b, layers in sorted(cells.items()) if layers}
+
+
+def diagnostics_markdown(runs: list[dict]) -> str:
+    """Tables of the recorded layer diagnostics per batch size: AssocNorm's dead and saturated auto-encoder
+    units (%, mean over seeds and layers) and DN's batch gates and pooled channels (mean, and the range over
+    layers and seeds)."""
+    parts = []
+    saturation = _diagnostic_cells(runs, "assocnorm_saturation")
+    if saturation:
+        columns = [("saturated_scale", "sigmoid (scale) saturated"), ("saturated_shift", "tanh (shift) saturated"),
+                   ("dead_scale_embedding", "ReLU dead, scale path"), ("dead_shift_embedding", "ReLU dead, shift path")]
+        parts += [f"AssocNorm auto-encoder after training, on {DIAGNOSTIC_IMAGES} test images (% of the values; "
+                  "mean over seeds and layers, max over them in brackets; saturated: more than 95% of the way to the "
+                  "activation's bound):", "",
+                  "| batch size | " + " | ".join(text for _, text in columns) + " |", "|---:|" + "---:|" * len(columns)]
+        for b, layers in saturation.items():
+            values = [[100 * layer[key] for layer in layers] for key, _ in columns]
+            parts.append(f"| {b} | " + " | ".join(f"{statistics.fmean(v):.0f} [{max(v):.0f}]" for v in values) + " |")
+    mixture = _diagnostic_cells(runs, "dn_mixture")
+    if mixture:
+        parts += ["" if parts else None, "DN gates after training (mean over seeds and layers, range over them in "
+                  "brackets): the batch gate (1: BN's statistics) and the channels each statistic pools (1: IN/BN):",
+                  "", "| batch size | batch gate, mean | batch gate, variance | pooled channels, mean | "
+                  "pooled channels, variance |", "|---:|---:|---:|---:|---:|"]
+        for b, layers in mixture.items():
+            values = [[layer[kind][key] for layer in layers] for key in ("batch", "pooled_channels")
+                      for kind in ("mean", "var")]
+            parts.append(f"| {b} | " + " | ".join(f"{statistics.fmean(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
+                                                   for v in (values[0], values[1], values[2], values[3])) + " |")
+    return "\n".join(part for part in parts if part is not None)
+
+
+def plot_diagnostics(runs: list[dict], path: Path) -> bool:
+    """Per layer, mean over seeds, one line per batch size: AssocNorm's saturated tanh (shift) share and DN's
+    batch gate (mean path; the variance path dashed). Returns whether there was anything to plot."""
+    panels = [(kind, title) for kind, title in (
+        ("assocnorm_saturation", "AssocNorm: tanh (shift) outputs saturated"),
+        ("dn_mixture", "DN: batch gate (solid: mean, dashed: variance)")) if _diagnostic_cells(runs, kind)]
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for axis, (kind, title) in zip(axes[0], panels):
+        per_batch: dict[int, list[dict]] = {}
+        for run in runs:
+            if kind in run.get("diagnostics", {}):
+                per_batch.setdefault(run["batch_size"], []).append(run["diagnostics"][kind])
+        for b, seeds in sorted(per_batch.items()):
+            names = list(seeds[0])
+            colour = None
+            series = [("saturated_shift", "-")] if kind == "assocnorm_saturation" else [("mean", "-"), ("var", "--")]
+            for key, style in series:
+                value = (lambda layer: 100 * layer[key]) if kind == "assocnorm_saturation" else (
+                    lambda layer: layer[key]["batch"])
+                line, = axis.plot(range(1, len(names) + 1), [statistics.fmean(value(s[n]) for s in seeds) for n in names],
+                                  style, marker="o", markersize=3, color=colour,
+                                  label=f"bs {b}" if style == "-" else None)
+                colour = line.get_color()
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("normalization layer (model order)")
+        axis.set_ylabel("% of the values" if kind == "assocnorm_saturation" else "gate")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+    return True
+
+
 def majority_baseline(settings: Settings) -> float:
     """Accuracy of always predicting the most frequent test class."""
     data, _ = build_data(settings, batch_size=1)
@@ -323,6 +428,11 @@ def majority_baseline(settings: Settings) -> float:
     data.setup("test")
     counts = Counter(int(label) for _, label in data.test_set)
     return max(counts.values()) / sum(counts.values())
+
+
+def _diagnostics_section(runs: list[dict], out: Path) -> str:
+    text = diagnostics_markdown(runs)
+    return f"\n{text}\n\n![layer diagnostics]({out.name}_diagnostics.png)\n" if text else ""
 
 
 def _epochs(settings: Settings) -> str:
@@ -344,7 +454,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     preset = PRESETS[dataset.parse_known_args(argv)[0].dataset]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[dataset],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--norms", nargs="+", default=["BN", "GN", "SN", "EN", "DNB", "AssocNorm"], choices=NORMS)
+    parser.add_argument("--norms", nargs="+", default=["BN", "GN", "SN", "EN", "DN", "DNB", "AssocNorm"],
+                        choices=NORMS)
     parser.add_argument("--batch1-norms", nargs="*", default=["SN_noBN"], choices=NORMS,
                         help="also run at batch size 1 only, as rows of their own (when 1 is a batch size)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(preset.batch_sizes))
@@ -355,6 +466,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes; 1: in this process)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--max-runs", type=int, default=None, help="run at most this many of the missing runs")
+    parser.add_argument("--rerun", nargs="+", default=[], choices=NORMS,
+                        help="discard the recorded runs of these norms first (after a change to the layer)")
     parser.add_argument("--out", default=None, help="output path stem. Default: benchmarks/results/batch_size_study "
                         "(shapes), benchmarks/results/batch_size_study_fashion_mnist (fashion-mnist)")
     args = parser.parse_args(argv)
@@ -375,6 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     baseline = majority_baseline(settings)  # also checks that the data is there before any run starts
     store = ResultStore(out.with_suffix(".json"), settings, {"command": command, "majority_baseline": baseline,
                                                              "workers": args.workers, "threads": args.threads})
+    store.discard(args.rerun)
     recorded = store.recorded()
     todo = [key for key in cells(args.norms, args.batch_sizes, args.seeds, args.batch1_norms) if key not in recorded]
     if args.max_runs is not None:
@@ -392,8 +506,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Test top-1 accuracy (%), mean ± std over seeds {seeds}, after {_epochs(settings)}; majority class "
         f"{100 * baseline:.1f}%.\n{title.replace(chr(10), ' ')}.\n\n{markdown_table(table)}\n\n`{command}` "
         f"({len(store.runs)} runs, {sum(r['seconds'] for r in store.runs) / 60:.0f} min of run time in "
-        f"{args.workers} processes of {args.threads} thread(s))\n")
+        f"{args.workers} processes of {args.threads} thread(s))\n" + _diagnostics_section(store.runs, out))
     plot(table, baseline, title, out.with_suffix(".png"))
+    plot_diagnostics(store.runs, out.parent / f"{out.name}_diagnostics.png")
     print(markdown_table(table))
     print(f"wrote {out}.json, .md, .png")
 
