@@ -213,6 +213,17 @@ def _batch_moments(mean_ptr, var_ptr, c, c_ok, N, C, BLOCK_N: tl.constexpr, BLOC
 
 
 @triton.jit
+def _merged_partials(part_ptr, j, mask, NC, S):
+    """The two partial sums ``part (2, S, N*C)`` of the flat indices ``j``, each summed over the S splits in order."""
+    first = tl.load(part_ptr + j, mask=mask, other=0.0)
+    second = tl.load(part_ptr + S * NC + j, mask=mask, other=0.0)
+    for s in range(1, S):
+        first += tl.load(part_ptr + s * NC + j, mask=mask, other=0.0)
+        second += tl.load(part_ptr + (S + s) * NC + j, mask=mask, other=0.0)
+    return first, second
+
+
+@triton.jit
 def forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr, N, C, L, S,
                      HAS_BN: tl.constexpr, USE_RUNNING: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_C: tl.constexpr):
@@ -238,11 +249,7 @@ def forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, sta
     for n0 in range(0, N, BLOCK_N):
         for c0 in range(0, C, BLOCK_C):
             n, c, j, mask = nc_tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
-            sums = tl.zeros([BLOCK_N, BLOCK_C], acc)
-            squares = tl.zeros([BLOCK_N, BLOCK_C], acc)
-            for s in range(0, S):
-                sums += tl.load(part_ptr + s * NC + j, mask=mask, other=0.0)
-                squares += tl.load(part_ptr + (S + s) * NC + j, mask=mask, other=0.0)
+            sums, squares = _merged_partials(part_ptr, j, mask, NC, S)
             correction = sums / L
             # first - R is exact for nearby values (a common offset); the correction is small
             first = tl.load(first_ptr + j, mask=mask, other=0.0)
@@ -279,17 +286,12 @@ def forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, sta
 def backward_prologue(part_ptr, work_ptr, N, C, S, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Merge the gradient-sums kernel's partials into ``g_shift = sum(dy)`` and ``g_scale = sum(dy ((x - R) - m))``
     per (n, c) in the work buffer. Ends with a barrier."""
-    acc = work_ptr.dtype.element_ty
     g_shift_ptr, g_scale_ptr, _, _, _, _, _ = work_regions(work_ptr, N, C)
     NC = N * C
     for n0 in range(0, N, BLOCK_N):
         for c0 in range(0, C, BLOCK_C):
             n, c, j, mask = nc_tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
-            g_shift = tl.zeros([BLOCK_N, BLOCK_C], acc)
-            g_scale = tl.zeros([BLOCK_N, BLOCK_C], acc)
-            for s in range(0, S):
-                g_shift += tl.load(part_ptr + s * NC + j, mask=mask, other=0.0)
-                g_scale += tl.load(part_ptr + (S + s) * NC + j, mask=mask, other=0.0)
+            g_shift, g_scale = _merged_partials(part_ptr, j, mask, NC, S)
             tl.store(g_shift_ptr + j, g_shift, mask=mask)
             tl.store(g_scale_ptr + j, g_scale, mask=mask)
     tl.debug_barrier()
