@@ -67,6 +67,7 @@ def test_kernels_compile_for_h100(monkeypatch):
     from triton.compiler import ASTSource
     from triton.runtime.jit import native_specialize_impl
 
+    assert not kernels.interpreting() and not kernels.available("cpu")
     launches = {}
 
     def capture(kernel):
@@ -543,6 +544,7 @@ def test_gradient_with_other_strides():
 
 @in_process
 def test_errors_name_the_bad_value():
+    assert kernels.interpreting() and kernels.available("cpu") and not kernels.available("cuda")
     p = SWITCH.parameters(Case((1, 3)), 3)
     with pytest.raises(ValueError, match=r"Expected more than 1 value per channel when training, got input size \[1, 3\]"):
         SWITCH.forward(torch.randn(1, 3, dtype=torch.float64), p, None, None, True)
