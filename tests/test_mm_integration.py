@@ -116,6 +116,16 @@ def test_other_registry_lookups_keep_mmengine_behaviour_for_unknown_types():
         MODELS.build(dict(type="SNN"))
 
 
+@pytest.mark.parametrize("module", ["mm_checkpoint", "mm_runtime"])
+def test_the_examples_of_the_checkpoint_policy_and_runtime_helpers_run(module):
+    import doctest
+    import importlib
+
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(importlib.import_module(f"dynnorm.integrations.{module}"), optionflags=flags)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_custom_imports_in_a_config_registers_the_layers_in_a_fresh_interpreter():
     code = (
         "import sys; from mmengine.config import Config; from mmengine.registry import MODELS\n"
