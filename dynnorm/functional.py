@@ -149,12 +149,12 @@ def _batch_term(
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
         if running_mean is not None:
-            update_running_stats(running_mean, running_var, num_batches_tracked, batch_mean[0] + reference,
-                                 batch_var[0] * (count / (count - 1)), momentum)
+            with torch.no_grad():
+                update_running_stats(running_mean, running_var, num_batches_tracked, batch_mean[0] + reference,
+                                     batch_var[0] * (count / (count - 1)), momentum)
     return batch_mean, batch_var
 
 
-@torch.no_grad()
 def update_running_stats(
     running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor | None, batch_mean: Tensor,
     batch_var: Tensor, momentum: float | None,
@@ -162,7 +162,8 @@ def update_running_stats(
     """Average a batch's statistics into the running statistics, in place, on their device (no host read):
     ``running = lerp(running, batch, factor)``, as ``nn.BatchNorm`` does; ``momentum=None`` weights the batch
     by ``1 / num_batches_tracked``. The one implementation of this update, used by the reference ops and by the
-    fused operators (which return the batch statistics instead of writing the buffers).
+    fused operators (which return the batch statistics instead of writing the buffers). The batch statistics
+    must not require gradients (call it under ``torch.no_grad()`` otherwise).
 
     Args:
         running_mean, running_var: ``(C,)`` buffers, updated in place.
