@@ -156,6 +156,12 @@ struct SwitchNorm {
     }
   }
 
+  // Derivation. scale = gamma r with r = (v + eps)^(-1/2), v = sum_k w'_k var_k; shift = beta + d scale with
+  // d = sum_{k>=1} w_k (m - m_k). scale reaches the loss directly and through shift, so its total gradient is
+  // G = g_scale + g_shift d: dgamma = G r, dv = -r^3 gamma G / 2, dd = g_shift scale. dv goes to var_k with weight
+  // w'_k and to w'_k with var_k; dd goes to m with sum_{k>=1} w_k, to m_k with -w_k and to w_k with (m - m_k).
+  // The pooled LN/BN moments then go back to the instance moments (group/batch moments backward) and the
+  // weights to their parameters (softmax, renormalization or SparsestMax backward).
   void backward(const T* g_scale, const T* g_shift, LayerGrads<T>& g) {
     const int64_t N = in.N, C = in.C;
     T g_wm[3] = {}, g_wv[3] = {};
@@ -242,6 +248,12 @@ struct ExemplarNorm {
     }
   }
 
+  // Derivation. scale = gamma A, A = sum_k r_k s_k (s_k = (var_k + eps)^(-1/2)); shift = beta + gamma B,
+  // B = sum_{k>=1} r_k (m - m_k) s_k. With gA = g_scale gamma and gB = g_shift gamma: dgamma = g_scale A +
+  // g_shift B, dr_k = (gA + gB (m - m_k)) s_k, ds_k = r_k (gA + gB (m - m_k)), dm_k = -gB r_k s_k. The ratios
+  // are a softmax of the head's logits (softmax backward, then the two linear layers with the ReLU's mask) whose
+  // input, the descriptor [(m - m_BN) s_BN ; s_BN / s_IN - 1], adds its own terms to dm, dm_BN, ds_BN, ds_IN;
+  // finally ds = -s^3 / 2 dvar and the LN/BN moments go back to the instance moments.
   void backward(const T* g_scale, const T* g_shift, LayerGrads<T>& g) {
     const int64_t N = in.N, C = in.C;
     Vec<T> g_ratios(N * K), g_rstd_in(N * C), g_rstd_ln(N), g_rstd_bn(C), g_ln_mean(N), g_ln_var(N);
@@ -415,6 +427,8 @@ struct DynamicNorm {
     });
   }
 
+  // out_j = (1 - g) v_j + g a with a = mean over the group: dv_j = (1 - g) dout_j + g sum(dout) / s,
+  // dg = sum_j dout_j (a - v_j).
   void pool_means_backward(const Axis& axis, T gate, const Vec<T>& values, const Vec<T>& g_out, Vec<T>& g_values,
                            T& g_gate) const {
     for_each_group(in.N, in.C, axis, [&](int64_t base) {
@@ -432,6 +446,11 @@ struct DynamicNorm {
     });
   }
 
+  // m'_j = m_j - g d_j, v'_j = (1 - g) v_j + g (mean(v) + spread) + g (1 - g) d_j^2 with d_j = m_j - mean(m),
+  // spread = mean(d^2). Differentiating: dv_j = (1 - g) dv'_j + g sum(dv') / s; d_j collects
+  // 2 g (1 - g) d_j dv'_j + 2 g sum(dv') d_j / s (through spread), and as d_j = m_j - mean(m) its gradient
+  // reaches m_j minus its group average; dm_j also gets (1 - g) dm'_j + g sum(dm') / s; dg sums the partial
+  // derivatives -d_j dm'_j + dv'_j (mean(v) + spread - v_j + (1 - 2 g) d_j^2).
   void pool_distributions_backward(const Axis& axis, T gate, const Vec<T>& m, const Vec<T>& v, const Vec<T>& gm_out,
                                    const Vec<T>& gv_out, Vec<T>& gm, Vec<T>& gv, T& g_gate) const {
     const int64_t s = axis.size;
@@ -462,6 +481,11 @@ struct DynamicNorm {
     });
   }
 
+  // Derivation. scale = gamma r, r = (pooled var + eps)^(-1/2), shift = beta + (m - pooled mean) scale, so as in
+  // SN the scale's total gradient is g_scale + g_shift (m - pooled mean) and the pooled mean gets -g_shift
+  // scale. Both run back through the pooling steps in reverse (pool_*_backward per channel factor, then the
+  // batch factor's mixture with the BN statistics, whose derivatives have the same form); the gates' gradients
+  // are multiplied by sigmoid' = g (1 - g) to reach the logits.
   void backward(const T* g_scale, const T* g_shift, LayerGrads<T>& g) {
     const int64_t N = in.N, C = in.C, NC = N * C;
     const int64_t K = static_cast<int64_t>(axes.size());
@@ -568,6 +592,12 @@ struct DynamicAffineNorm {
     }
   }
 
+  // Derivation. scale = (gamma + dgamma_gen) r_BN, shift = beta + dbeta_gen + (m - m_BN) scale, so the scale's
+  // total gradient is G = g_scale + g_shift (m - m_BN): the generated and the learned gamma get G r_BN, r_BN gets
+  // G (gamma + dgamma_gen), m and m_BN get +-g_shift scale. The generator's outputs go through tanh' = 1 - t^2
+  // and its two linear layers (ReLU mask between); its input adds terms to the moments it was built from
+  // (DN-B: (m - m_BN) r_BN and sqrt(var + eps) r_BN per sample; DN-C: m_BN + R and sqrt(var_BN + eps)); last
+  // dvar_BN = -r_BN^3 / 2 dr_BN.
   void backward(const T* g_scale, const T* g_shift, LayerGrads<T>& g) {
     const int64_t N = in.N, C = in.C;
     Vec<T> g_delta(M * 2 * C), g_rstd_bn(C), g_hidden(M * H), g_input(M * 2 * C);
@@ -656,6 +686,12 @@ struct AssociateNorm {
     }
   }
 
+  // Derivation. scale = (omega + B_omega) r_G, shift = beta + B_beta + (m - m_G) scale with r_G the group's
+  // (var_G + eps)^(-1/2): the scale's total gradient G = g_scale + g_shift (m - m_G) gives domega = dB_omega =
+  // G r_G and dr_G = G (omega + B_omega); dbeta = dB_beta = g_shift; m and m_G get +-g_shift scale. omega and
+  // beta go back through sigmoid' = o (1 - o) and tanh' = 1 - b^2, the decoders, the ReLU masks and the shared
+  // encoder to the key features (the group mean and variance), which add to dm_G and dvar_G; then
+  // dvar_G -= r_G^3 / 2 dr_G and the group moments go back to the instance moments.
   void backward(const T* g_scale, const T* g_shift, LayerGrads<T>& g) {
     const int64_t N = in.N, C = in.C;
     Vec<T> g_omega(N * G), g_beta(N * G), g_rstd(N * G), g_group_mean(N * G), g_group_var(N * G);

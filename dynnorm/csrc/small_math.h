@@ -39,6 +39,8 @@ void group_moments(int64_t N, int64_t C, int64_t size, const T* mean, const T* v
   }
 }
 
+// pooled = mean(m_i), var = mean(v_i + (m_i - pooled)^2): dv_i = dvar / size, and since the spread's
+// derivative in pooled sums to zero, dm_i = dpooled / size + 2 dvar (m_i - pooled) / size.
 template <typename T>
 void group_moments_backward(int64_t N, int64_t C, int64_t size, const T* mean, const T* pooled_mean,
                             const T* g_pooled_mean, const T* g_pooled_var, T* g_mean, T* g_var) {
@@ -73,6 +75,7 @@ void batch_moments(int64_t N, int64_t C, const T* mean, const T* var, T* out_mea
   }
 }
 
+// The same derivative as group_moments_backward, pooling over the batch.
 template <typename T>
 void batch_moments_backward(int64_t N, int64_t C, const T* mean, const T* pooled_mean, const T* g_pooled_mean,
                             const T* g_pooled_var, T* g_mean, T* g_var) {
@@ -100,7 +103,8 @@ void softmax(int64_t K, const T* logits, const bool* skip, T* out) {
   for (int64_t k = 0; k < K; ++k) out[k] /= total;
 }
 
-// Gradient of the logits of a softmax (or any renormalization onto the simplex with the same Jacobian).
+// Gradient of the logits of a softmax (or any renormalization onto the simplex with the same Jacobian):
+// dw_k/dl_j = w_k (delta_kj - w_j), so dl_j = w_j (g_j - sum_k w_k g_k).
 template <typename T>
 void softmax_backward(int64_t K, const T* weights, const T* g_weights, T* g_logits) {
   T dot = 0;
