@@ -11,7 +11,6 @@ kernels' BN gradients are folded into the moments' by autograd through :func:`dy
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import os
@@ -29,94 +28,111 @@ from dynnorm import functional
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
+import test_triton_kernels as harness  # noqa: E402  (the SN/SSN kernel tests: cases, checks, the interpreter's setup)
+
+IN_PROCESS = harness.IN_PROCESS  # TRITON_INTERPRET=1 was set before triton was imported: the tests run here
+in_process = harness.in_process
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from dynnorm.kernels.triton import associate, dynamic, dynamic_affine, exemplar  # noqa: E402
+
 REFERENCE = 0.75  # R of the statistics buffers
 EPS = 1e-5
 
 
-@contextlib.contextmanager
-def _interpreter():
-    """``TRITON_INTERPRET=1`` while inside, the previous value after. Triton reads it when it is first imported, when
-    a kernel is defined and when the interpreter runs."""
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
+@pytest.mark.skipif(IN_PROCESS, reason="the interpreter runs in this process")
+def test_interpreter_in_subprocess():
+    """This module's tests in a child pytest whose triton is imported under the interpreter (triton decides that
+    when it is first imported, so the rest of the test session and any compiled Triton it uses are left alone)."""
+    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-W", "ignore"],
+                            env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=1100,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-6000:] + result.stderr[-3000:]
 
 
-def _interpreted_here() -> bool:
-    """Whether triton runs interpreted in this process: not imported yet (it will be, below), or imported so."""
-    if "triton" not in sys.modules:
-        return True
-    from triton.language import standard
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(standard.cdiv, InterpretedFunction)
+# ---- one-program kernels running a layer's forward or backward math alone on given buffers -------------------------
 
 
-IN_PROCESS = _interpreted_here()
-
-if IN_PROCESS:  # one-program kernels running a layer's forward or backward math alone on given buffers
-    with _interpreter():
-        import triton
-        import triton.language as tl
-
-        from dynnorm.kernels.triton import dynamic_affine, exemplar
-
-        @triton.jit
-        def exemplar_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
-                             b2_ptr, ratios_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                             SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-            exemplar.exemplar_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
-                                   b2_ptr, ratios_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
-
-        @triton.jit
-        def exemplar_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
-                              b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps,
-                              HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr,
-                              BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-            exemplar.exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
-                                            b1_ptr, w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr,
-                                            g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
-
-        @triton.jit
-        def dynamic_affine_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
-                                   w2_ptr, b2_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                                   PER_SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-            dynamic_affine.dynamic_affine_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
-                                               b1_ptr, w2_ptr, b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, PER_SAMPLE,
-                                               BLOCK_N, BLOCK_C)
-
-        @triton.jit
-        def dynamic_affine_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
-                                    w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr,
-                                    H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                                    PER_SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-            dynamic_affine.dynamic_affine_math_backward(
-                stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-                g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS,
-                PER_SAMPLE, BLOCK_N, BLOCK_C)
+@triton.jit
+def exemplar_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                     b2_ptr, ratios_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    exemplar._exemplar_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
+                            w2_ptr, b2_ptr, ratios_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
 
 
-@pytest.fixture(scope="module")
-def interpreted():
-    """Every math test: under the interpreter, in this process when triton is interpreted here."""
-    if not IN_PROCESS:
-        pytest.skip("triton was imported compiled earlier in this process; test_in_a_subprocess runs this file")
-    with _interpreter():
-        yield
+@triton.jit
+def exemplar_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                      b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps,
+                      HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    exemplar._exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
+                                     b1_ptr, w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr,
+                                     g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
 
 
-@pytest.mark.skipif(IN_PROCESS, reason="the tests run in this process")
-def test_in_a_subprocess():
-    """Triton was imported compiled earlier in this process (by another test): run this file in a fresh one."""
-    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"],
-                            env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+@triton.jit
+def dynamic_affine_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
+                           w2_ptr, b2_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           PER_SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    dynamic_affine._dynamic_affine_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
+                                        b1_ptr, w2_ptr, b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, PER_SAMPLE,
+                                        BLOCK_N, BLOCK_C)
+
+
+@triton.jit
+def dynamic_affine_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
+                            w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr,
+                            H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            PER_SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    dynamic_affine._dynamic_affine_math_backward(
+        stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+        g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS,
+        PER_SAMPLE, BLOCK_N, BLOCK_C)
+
+
+@triton.jit
+def associate_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, encoder_ptr,
+                      scale_decoder_ptr, shift_decoder_ptr, G, E, eps, SCALE_FROM_MEAN: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    associate._associate_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, encoder_ptr,
+                              scale_decoder_ptr, shift_decoder_ptr, G, E, eps, SCALE_FROM_MEAN, BLOCK_N,
+                              BLOCK_C, BLOCK_S)
+
+
+@triton.jit
+def associate_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, encoder_ptr,
+                       scale_decoder_ptr, shift_decoder_ptr, g_weight_ptr, g_bias_ptr, g_encoder_ptr,
+                       g_scale_decoder_ptr, g_shift_decoder_ptr, G, E, eps, SCALE_FROM_MEAN: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    associate._associate_math_backward(
+        stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, encoder_ptr, scale_decoder_ptr,
+        shift_decoder_ptr, g_weight_ptr, g_bias_ptr, g_encoder_ptr, g_scale_decoder_ptr, g_shift_decoder_ptr,
+        G, E, eps, SCALE_FROM_MEAN, BLOCK_N, BLOCK_C, BLOCK_S)
+
+
+@triton.jit
+def dynamic_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, mean_gates_ptr,
+                    var_gates_ptr, mean_batch_ptr, var_batch_ptr, eps, HAS_WEIGHT: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, FACTORS: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_C: tl.constexpr):
+    dynamic._dynamic_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, mean_gates_ptr,
+                          var_gates_ptr, mean_batch_ptr, var_batch_ptr, eps, HAS_WEIGHT, HAS_BIAS, FACTORS,
+                          BLOCK_N, BLOCK_C)
+
+
+@triton.jit
+def dynamic_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, mean_gates_ptr,
+                     var_gates_ptr, mean_batch_ptr, var_batch_ptr, g_weight_ptr, g_bias_ptr,
+                     g_mean_gates_ptr, g_var_gates_ptr, g_mean_batch_ptr, g_var_batch_ptr, eps,
+                     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, FACTORS: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    dynamic._dynamic_math_backward(
+        stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, mean_gates_ptr, var_gates_ptr,
+        mean_batch_ptr, var_batch_ptr, g_weight_ptr, g_bias_ptr, g_mean_gates_ptr, g_var_gates_ptr,
+        g_mean_batch_ptr, g_var_batch_ptr, eps, HAS_WEIGHT, HAS_BIAS, FACTORS, BLOCK_N, BLOCK_C)
 
 
 # ---- the reference: functional's layer functions on an input with the chosen moments ---------------------------
@@ -158,10 +174,10 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float
 
 
 @dataclass
-class Layer:
+class MathLayer:
     """How to call one layer's reference and its kernels' math."""
     name: str
-    parameters: Callable[..., dict]        # (C, generator, **options) -> name -> float64 tensor
+    parameters: Callable[..., dict]        # (C, generator, options) -> name -> float64 tensor
     reference: Callable[..., object]        # the functional layer function, called as (x, **arguments, **options)
     forward: Callable[..., tuple]           # (stats, N, C, params, options, **blocks) -> scale, shift, extra
     backward: Callable[..., tuple]          # (..., g_scale, g_shift, **blocks) -> (scale, g_mean, g_var, ...), grads
@@ -218,7 +234,7 @@ def _exemplar_forward(stats, n, c, p, options, single, block_n, block_c):
     hidden = p["ratio_b1"].numel()
     ratios = stats.new_empty(3)
     scale, shift = _forward(
-        exemplar_forward, stats, n, c, exemplar.exemplar_scratch(n, hidden),
+        exemplar_forward, stats, n, c, exemplar._exemplar_scratch(n, hidden),
         _optional(p["weight"], stats), _optional(p["bias"], stats), p["ratio_w1"], p["ratio_b1"], p["ratio_w2"],
         p["ratio_b2"], ratios, hidden, EPS, **_exemplar_meta(p, single, block_n, block_c))
     return scale, shift, ratios
@@ -228,13 +244,13 @@ def _exemplar_backward(stats, n, c, p, options, g_scale, g_shift, single, block_
     hidden = p["ratio_b1"].numel()
     grads = [_grad_like(p[k], stats) for k in ("weight", "bias", "ratio_w1", "ratio_b1", "ratio_w2", "ratio_b2")]
     results = _backward(
-        exemplar_backward, stats, n, c, exemplar.exemplar_scratch(n, hidden), g_scale,
+        exemplar_backward, stats, n, c, exemplar._exemplar_scratch(n, hidden), g_scale,
         g_shift, _optional(p["weight"], stats), _optional(p["bias"], stats), p["ratio_w1"], p["ratio_b1"],
         p["ratio_w2"], p["ratio_b2"], *grads, hidden, EPS, **_exemplar_meta(p, single, block_n, block_c))
     return results, grads
 
 
-EXEMPLAR = Layer("EN", _exemplar_parameters, functional.exemplar_norm, _exemplar_forward, _exemplar_backward)
+EXEMPLAR = MathLayer("EN", _exemplar_parameters, functional.exemplar_norm, _exemplar_forward, _exemplar_backward)
 
 
 def _dynamic_affine_parameters(c, generator, options):
@@ -250,7 +266,7 @@ _GENERATOR = ("weight", "bias", "sc_w1", "sc_b1", "sc_w2", "sc_b2")
 def _dynamic_affine_forward(stats, n, c, p, options, single, block_n, block_c):
     hidden, per_sample = p["sc_b1"].numel(), options["per_sample"]
     scale, shift = _forward(
-        dynamic_affine_forward, stats, n, c, dynamic_affine.dynamic_affine_scratch(n, c, hidden, per_sample),
+        dynamic_affine_forward, stats, n, c, dynamic_affine._dynamic_affine_scratch(n, c, hidden, per_sample),
         *(_optional(p[k], stats) for k in _GENERATOR), hidden, EPS, HAS_WEIGHT=p["weight"] is not None,
         HAS_BIAS=p["bias"] is not None, PER_SAMPLE=per_sample, BLOCK_N=block_n, BLOCK_C=block_c)
     return scale, shift, None
@@ -260,15 +276,87 @@ def _dynamic_affine_backward(stats, n, c, p, options, g_scale, g_shift, single, 
     hidden, per_sample = p["sc_b1"].numel(), options["per_sample"]
     grads = [_grad_like(p[k], stats) for k in _GENERATOR]
     results = _backward(
-        dynamic_affine_backward, stats, n, c, dynamic_affine.dynamic_affine_scratch(n, c, hidden, per_sample),
+        dynamic_affine_backward, stats, n, c, dynamic_affine._dynamic_affine_scratch(n, c, hidden, per_sample),
         g_scale, g_shift, *(_optional(p[k], stats) for k in _GENERATOR), *grads, hidden, EPS,
         HAS_WEIGHT=p["weight"] is not None, HAS_BIAS=p["bias"] is not None, PER_SAMPLE=per_sample, BLOCK_N=block_n,
         BLOCK_C=block_c)
     return results, grads
 
 
-DYNAMIC_AFFINE = Layer("DN-B/C", _dynamic_affine_parameters, functional.dynamic_affine_norm, _dynamic_affine_forward,
-                       _dynamic_affine_backward, reference_options=("per_sample",))
+DYNAMIC_AFFINE = MathLayer("DN-B/C", _dynamic_affine_parameters, functional.dynamic_affine_norm,
+                           _dynamic_affine_forward, _dynamic_affine_backward, reference_options=("per_sample",))
+
+
+def _associate_parameters(c, generator, options):
+    groups = options["num_groups"]
+    embedding = options.get("embedding", 2)
+    return {**_affine(c, generator), "encoder_weight": _head(generator, embedding, groups),
+            "scale_decoder_weight": _head(generator, groups, embedding, 1.0),
+            "shift_decoder_weight": _head(generator, groups, embedding, 1.0)}
+
+
+_AUTOENCODER = ("weight", "bias", "encoder_weight", "scale_decoder_weight", "shift_decoder_weight")
+
+
+def _associate_meta(c, options, block_n, block_c):
+    return dict(SCALE_FROM_MEAN=options["scale_from_mean"], BLOCK_N=block_n, BLOCK_C=block_c,
+                BLOCK_S=associate.pow2(c // options["num_groups"]))
+
+
+def _associate_forward(stats, n, c, p, options, single, block_n, block_c):
+    groups, embedding = options["num_groups"], p["encoder_weight"].shape[0]
+    scale, shift = _forward(
+        associate_forward, stats, n, c, associate._associate_scratch(n, groups, embedding),
+        *(p[k] for k in _AUTOENCODER), groups, embedding, EPS, **_associate_meta(c, options, block_n, block_c))
+    return scale, shift, None
+
+
+def _associate_backward(stats, n, c, p, options, g_scale, g_shift, single, block_n, block_c):
+    groups, embedding = options["num_groups"], p["encoder_weight"].shape[0]
+    grads = [_grad_like(p[k], stats) for k in _AUTOENCODER]
+    results = _backward(
+        associate_backward, stats, n, c, associate._associate_scratch(n, groups, embedding), g_scale, g_shift,
+        *(p[k] for k in _AUTOENCODER), *grads, groups, embedding, EPS,
+        **_associate_meta(c, options, block_n, block_c))
+    return results, grads
+
+
+ASSOCIATE = MathLayer("AssocNorm", _associate_parameters, functional.associate_norm, _associate_forward,
+                      _associate_backward, batch_term=False, reference_options=("num_groups", "scale_from_mean"))
+
+
+def _dynamic_parameters(c, generator, options):
+    k = len(options["factors"])
+    shapes = {"mean_gate_logits": (k,), "var_gate_logits": (k,), "mean_batch_logit": (), "var_batch_logit": ()}
+    return {**_affine(c, generator),
+            **{name: torch.randn(shape, generator=generator, dtype=torch.float64) for name, shape in shapes.items()}}
+
+
+_GATES = ("weight", "bias", "mean_gate_logits", "var_gate_logits", "mean_batch_logit", "var_batch_logit")
+
+
+def _dynamic_meta(p, options, block_n, block_c):
+    return dict(HAS_WEIGHT=p["weight"] is not None, HAS_BIAS=p["bias"] is not None,
+                FACTORS=tuple(options["factors"]), BLOCK_N=block_n, BLOCK_C=block_c)
+
+
+def _dynamic_forward(stats, n, c, p, options, single, block_n, block_c):
+    scale, shift = _forward(
+        dynamic_forward, stats, n, c, dynamic._dynamic_scratch(n, c, options["factors"], backward=False),
+        *(_optional(p[k], stats) for k in _GATES), EPS, **_dynamic_meta(p, options, block_n, block_c))
+    return scale, shift, None
+
+
+def _dynamic_backward(stats, n, c, p, options, g_scale, g_shift, single, block_n, block_c):
+    grads = [_grad_like(p[k], stats) for k in _GATES]
+    results = _backward(
+        dynamic_backward, stats, n, c, dynamic._dynamic_scratch(n, c, options["factors"], backward=True), g_scale,
+        g_shift, *(_optional(p[k], stats) for k in _GATES), *grads, EPS, **_dynamic_meta(p, options, block_n, block_c))
+    return results, grads
+
+
+DYNAMIC = MathLayer("DN", _dynamic_parameters, functional.dynamic_norm, _dynamic_forward, _dynamic_backward,
+                    reference_options=("factors",))
 
 
 def _moments(n, c, single_value, generator):
@@ -279,7 +367,7 @@ def _moments(n, c, single_value, generator):
     return mean, (torch.rand(n, c, generator=generator, dtype=torch.float64) + 0.2).requires_grad_()
 
 
-def _check(layer: Layer, n: int, c: int, *, training: bool = True, single_value: bool = False,
+def _check(layer: MathLayer, n: int, c: int, *, training: bool = True, single_value: bool = False,
            dtype: torch.dtype = torch.float64, block_n: int = 2, block_c: int = 16, affine: bool = True,
            seed: int = 0, **options) -> None:
     """The layer's kernel math against the reference: coefficients, then every gradient."""
@@ -352,37 +440,197 @@ def _check(layer: Layer, n: int, c: int, *, training: bool = True, single_value:
             assert grad.numel() == 0, name
         else:
             assert grad.dtype == dtype and grad.shape == params[name].shape, name
-            _assert_close(grad, expected[name], tolerance, f"d_{name}")
+            unused = torch.zeros_like(params[name])  # a parameter that does not reach the coefficients
+            _assert_close(grad, unused if expected[name] is None else expected[name], tolerance, f"d_{name}")
 
 
 # ---- EN -------------------------------------------------------------------------------------------------------------
 
+@in_process
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("n, c, block_n, block_c", [(2, 5, 2, 16), (3, 37, 2, 16), (1, 16, 4, 16), (5, 8, 4, 8)])
-def test_exemplar(interpreted, n, c, block_n, block_c, training):
+@pytest.mark.parametrize("n, c, block_n, block_c", [(2, 5, 2, 16), (3, 21, 2, 16), (1, 16, 4, 16), (5, 8, 4, 8)])
+def test_exemplar(n, c, block_n, block_c, training):
     _check(EXEMPLAR, n, c, training=training, block_n=block_n, block_c=block_c)
 
 
+@in_process
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_exemplar_one_value_per_row(interpreted, training):
+def test_exemplar_one_value_per_row(training):
     """L == 1: IN is left out of the ratios."""
     _check(EXEMPLAR, 3, 6, training=training, single_value=True)
 
 
-def test_exemplar_wide_head_no_affine_float32(interpreted):
+@in_process
+def test_exemplar_wide_head_no_affine_float32():
     _check(EXEMPLAR, 2, 21, dtype=torch.float32, affine=False, hidden=5)
 
 
 # ---- DN-B / DN-C ----------------------------------------------------------------------------------------------------
 
+@in_process
 @pytest.mark.parametrize("per_sample", [True, False], ids=["DN-B", "DN-C"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("n, c, block_n, block_c", [(2, 6, 2, 16), (3, 37, 2, 16), (1, 9, 2, 8)])
-def test_dynamic_affine(interpreted, n, c, block_n, block_c, training, per_sample):
+@pytest.mark.parametrize("n, c, block_n, block_c", [(2, 6, 2, 16), (3, 21, 2, 16), (1, 9, 2, 8)])
+def test_dynamic_affine(n, c, block_n, block_c, training, per_sample):
     _check(DYNAMIC_AFFINE, n, c, training=training, block_n=block_n, block_c=block_c, per_sample=per_sample)
 
 
+@in_process
 @pytest.mark.parametrize("per_sample", [True, False], ids=["DN-B", "DN-C"])
-def test_dynamic_affine_one_value_per_row_no_affine_float32(interpreted, per_sample):
+def test_dynamic_affine_one_value_per_row_no_affine_float32(per_sample):
     _check(DYNAMIC_AFFINE, 4, 10, single_value=True, dtype=torch.float32, affine=False, hidden=5,
            per_sample=per_sample)
+
+
+# ---- AssocNorm -----------------------------------------------------------------------------------------------------
+
+@in_process
+@pytest.mark.parametrize("scale_from_mean", [True, False], ids=["scale-from-mean", "scale-from-var"])
+@pytest.mark.parametrize("n, c, groups, block_n, block_c", [(2, 12, 4, 2, 8), (3, 10, 1, 2, 8), (2, 9, 9, 4, 4),
+                                                            (1, 24, 6, 2, 16)])
+def test_associate(n, c, groups, block_n, block_c, scale_from_mean):
+    _check(ASSOCIATE, n, c, block_n=block_n, block_c=block_c, num_groups=groups, scale_from_mean=scale_from_mean)
+
+
+@in_process
+def test_associate_one_value_per_row_float32():
+    _check(ASSOCIATE, 3, 8, single_value=True, dtype=torch.float32, num_groups=2, scale_from_mean=True, embedding=3)
+
+
+# ---- DN ------------------------------------------------------------------------------------------------------------
+
+@in_process
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("n, factors, block_n, block_c", [(2, (3, 2, 2), 2, 8), (3, (5,), 2, 4), (2, (1,), 2, 2),
+                                                          (3, (), 2, 2), (2, (2, 2, 2, 2), 2, 16), (1, (3, 2), 2, 8)])
+def test_dynamic(n, factors, block_n, block_c, training):
+    c = 1
+    for size in factors:
+        c *= size
+    _check(DYNAMIC, n, c, training=training, block_n=block_n, block_c=block_c, factors=factors)
+
+
+@in_process
+def test_dynamic_one_value_per_row_no_affine_float32():
+    _check(DYNAMIC, 4, 6, single_value=True, dtype=torch.float32, affine=False, factors=(3, 2))
+
+
+# ---- the assembled layer functions (three launches each way) against the reference layers -------------------------
+
+
+def _heads(C: int, hidden: int, outputs: int, prefix: str) -> dict:
+    return {f"{prefix}w1": torch.randn(hidden, 2 * C, dtype=torch.float64) * 0.5,
+            f"{prefix}b1": torch.randn(hidden, dtype=torch.float64) * 0.5,
+            f"{prefix}w2": torch.randn(outputs, hidden, dtype=torch.float64) * 0.5,
+            f"{prefix}b2": torch.randn(outputs, dtype=torch.float64) * 0.5}
+
+
+def _reference_batch(rm, rv, training) -> dict:
+    return dict(running_mean=rm, running_var=rv, num_batches_tracked=None, training=training, momentum=0.1, eps=EPS)
+
+
+EXEMPLAR_NORM = harness.Layer(
+    "exemplar_norm", ("weight", "bias", "ratio_w1", "ratio_b1", "ratio_w2", "ratio_b2"),
+    lambda case, C: {**harness._affine(case, C), **_heads(C, 4, 3, "ratio_")},
+    forward=lambda x, p, rm, rv, training: exemplar.exemplar_norm(
+        x, p["weight"], p["bias"], p["ratio_w1"], p["ratio_b1"], p["ratio_w2"], p["ratio_b2"], rm, rv, training, EPS),
+    backward=lambda g, x, out, p, batch, input_grad: exemplar.exemplar_norm_backward(
+        g, x, out[1], p["weight"], p["bias"], p["ratio_w1"], p["ratio_b1"], p["ratio_w2"], p["ratio_b2"], batch, EPS,
+        input_grad),
+    reference=lambda x, p, rm, rv, training: functional.exemplar_norm(
+        x, weight=p["weight"], bias=p["bias"], ratio_w1=p["ratio_w1"], ratio_b1=p["ratio_b1"],
+        ratio_w2=p["ratio_w2"], ratio_b2=p["ratio_b2"], **_reference_batch(rm, rv, training))[0])
+
+
+def _dynamic_affine_layer(per_sample: bool) -> harness.Layer:
+    return harness.Layer(
+        "dynamic_affine_norm", ("weight", "bias", "sc_w1", "sc_b1", "sc_w2", "sc_b2"),
+        lambda case, C: {**harness._affine(case, C), **_heads(C, 3, 2 * C, "sc_")},
+        forward=lambda x, p, rm, rv, training: dynamic_affine.dynamic_affine_norm(
+            x, p["weight"], p["bias"], p["sc_w1"], p["sc_b1"], p["sc_w2"], p["sc_b2"], rm, rv, training, EPS,
+            per_sample),
+        backward=lambda g, x, out, p, batch, input_grad: dynamic_affine.dynamic_affine_norm_backward(
+            g, x, out[1], p["weight"], p["bias"], p["sc_w1"], p["sc_b1"], p["sc_w2"], p["sc_b2"], batch, EPS,
+            per_sample, input_grad),
+        reference=lambda x, p, rm, rv, training: functional.dynamic_affine_norm(
+            x, weight=p["weight"], bias=p["bias"], sc_w1=p["sc_w1"], sc_b1=p["sc_b1"], sc_w2=p["sc_w2"],
+            sc_b2=p["sc_b2"], per_sample=per_sample, **_reference_batch(rm, rv, training)))
+
+
+def _associate_layer_parameters(case, C: int) -> dict:
+    groups = max(g for g in (1, 2, 3, 4) if C % g == 0)
+    return {"weight": 0.5 + torch.rand(C, dtype=torch.float64), "bias": torch.randn(C, dtype=torch.float64),
+            "encoder_weight": torch.randn(2, groups, dtype=torch.float64) * 0.5,
+            "scale_decoder_weight": torch.randn(groups, 2, dtype=torch.float64),
+            "shift_decoder_weight": torch.randn(groups, 2, dtype=torch.float64), "num_groups": groups,
+            "scale_from_mean": C % 2 == 1}
+
+
+ASSOCIATE_NORM = harness.Layer(
+    "associate_norm", ("weight", "bias", "encoder_weight", "scale_decoder_weight", "shift_decoder_weight"),
+    _associate_layer_parameters,
+    forward=lambda x, p, rm, rv, training: associate.associate_norm(
+        x, p["weight"], p["bias"], p["encoder_weight"], p["scale_decoder_weight"], p["shift_decoder_weight"],
+        p["num_groups"], EPS, p["scale_from_mean"]),
+    backward=lambda g, x, out, p, batch, input_grad: associate.associate_norm_backward(
+        g, x, out[1], p["weight"], p["bias"], p["encoder_weight"], p["scale_decoder_weight"],
+        p["shift_decoder_weight"], p["num_groups"], EPS, p["scale_from_mean"], input_grad),
+    reference=lambda x, p, rm, rv, training: functional.associate_norm(
+        x, weight=p["weight"], bias=p["bias"], encoder_weight=p["encoder_weight"],
+        scale_decoder_weight=p["scale_decoder_weight"], shift_decoder_weight=p["shift_decoder_weight"],
+        num_groups=p["num_groups"], eps=EPS, scale_from_mean=p["scale_from_mean"]),
+    has_bn=lambda p: False)
+
+
+def _dynamic_layer_parameters(case, C: int) -> dict:
+    from dynnorm.dynamic import channel_factors
+
+    factors = channel_factors(C)
+    return {**harness._affine(case, C), "mean_gate_logits": torch.randn(len(factors), dtype=torch.float64),
+            "var_gate_logits": torch.randn(len(factors), dtype=torch.float64),
+            "mean_batch_logit": torch.randn((), dtype=torch.float64),
+            "var_batch_logit": torch.randn((), dtype=torch.float64), "factors": factors}
+
+
+DYNAMIC_NORM = harness.Layer(
+    "dynamic_norm", _GATES, _dynamic_layer_parameters,
+    forward=lambda x, p, rm, rv, training: dynamic.dynamic_norm(
+        x, *(p[k] for k in _GATES), p["factors"], rm, rv, training, EPS),
+    backward=lambda g, x, out, p, batch, input_grad: dynamic.dynamic_norm_backward(
+        g, x, out[1], *(p[k] for k in _GATES), p["factors"], batch, EPS, input_grad),
+    reference=lambda x, p, rm, rv, training: functional.dynamic_norm(
+        x, **{k: p[k] for k in _GATES}, factors=p["factors"], **_reference_batch(rm, rv, training)))
+
+LAYERS = [EXEMPLAR_NORM, _dynamic_affine_layer(True), _dynamic_affine_layer(False), ASSOCIATE_NORM, DYNAMIC_NORM]
+LAYER_IDS = ["EN", "DN-B", "DN-C", "AssocNorm", "DN"]
+
+
+@in_process
+@pytest.mark.parametrize("case", harness.CASES, ids=str)
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
+def test_layer_functions(layer, case):
+    harness._check_layer(layer, case)
+
+
+
+@in_process
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "cl"])
+def test_layer_functions_launches_and_memory(layer, channels_last):
+    """Three launches each way, input-sized memory, deterministic results (the SN kernels' test, on these layers)."""
+    harness.test_three_launches_each_way_and_input_sized_memory(layer, channels_last)
+
+
+@in_process
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
+def test_layer_functions_small_tiles(layer, monkeypatch):
+    """Tiles smaller than the shapes: several spatial splits per row, (N, C) blocks that do not divide N or C."""
+    harness.test_small_tiles_split_rows_and_loop_over_blocks(layer, True, monkeypatch)
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the kernels are interpreted in this process")
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
+def test_kernels_compile_for_h100(layer, monkeypatch):
+    """Every kernel a layer call launches compiles to an sm_90 binary (no GPU needed; the SN kernels' test)."""
+    monkeypatch.setattr(harness, "LAYERS", [layer])
+    harness.test_kernels_compile_for_h100(monkeypatch)

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from .exemplar import (affine_columns, batch_columns, columns, hidden_column, instance_tile, relu, rows, rsqrt,
-                       stats_regions, store_cast, tanh, tile, work_regions)
+from . import passes
+from .exemplar import (affine_columns, affine_meta, batch_columns, check_head, columns, hidden_column, instance_tile,
+                       relu, rows, store_cast, tanh, tile)
+from .passes import backward_epilogue, backward_prologue, forward_prologue, stats_regions, work_regions
+from .runtime import launch
+
+__all__ = ["dynamic_affine_norm", "dynamic_affine_norm_backward"]
 
 
-def dynamic_affine_scratch(n: int, c: int, hidden: int, per_sample: bool) -> int:
+def _dynamic_affine_scratch(n: int, c: int, hidden: int, per_sample: bool) -> int:
     """Scratch values (statistics' dtype): hidden pre-activations and gradients (``M * H`` each) and the gradient of
     the generated ``delta`` (``M * 2C``), ``M = N`` per sample, 1 per batch."""
     rows_ = n if per_sample else 1
@@ -81,12 +87,12 @@ def _hidden_units(stats_ptr, scratch_ptr, N, C, w1_ptr, b1_ptr, H, eps, PER_SAMP
 
 
 @triton.jit
-def dynamic_affine_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-                        H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dynamic_affine_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                         b2_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, PER_SAMPLE: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """DN-B/DN-C forward math: ``scale = (gamma + delta_gamma) rstd_BN``,
     ``shift = beta + delta_beta + (mu - mu_BN) scale`` into ``coef``. ``w1 (H, 2C)``, ``b1 (H,)``, ``w2 (2C, H)``,
-    ``b2 (2C,)``; scratch: :func:`dynamic_affine_scratch`."""
+    ``b2 (2C,)``; scratch: :func:`_dynamic_affine_scratch`."""
     mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
     DT = stats_ptr.dtype.element_ty
     M = N if PER_SAMPLE else 1
@@ -227,10 +233,10 @@ def _generator_input_grad(scratch_ptr, w1_ptr, row, row_mask, c, c_mask, M, H, C
 
 
 @triton.jit
-def dynamic_affine_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
-                                 w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H,
-                                 eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                                 BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dynamic_affine_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
+                                  w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr,
+                                  H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, PER_SAMPLE: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """DN-B/DN-C backward math: from ``g_shift``/``g_scale`` in ``work`` to ``scale``, ``g_mean``, ``g_var``,
     ``g_bn_mean``, ``g_bn_var`` in ``work`` and every parameter's gradient (``DynamicAffineNorm::backward``)."""
     mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
@@ -295,3 +301,59 @@ def dynamic_affine_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_
             store_cast(g_weight_ptr, c, c_mask, tl.sum(g_weight, axis=0))
         if HAS_BIAS:
             store_cast(g_bias_ptr, c, c_mask, tl.sum(g_bias, axis=0))
+
+
+# ---- kernels and the functions of the operator contract ----------------------------------------------------------
+
+@triton.jit
+def _dynamic_affine_norm_forward_kernel(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr,
+                                        coef_ptr, scratch_ptr, N, C, L, S, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                                        b2_ptr, H, eps, HAS_BN: tl.constexpr, USE_RUNNING: tl.constexpr,
+                                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                                        HAS_BIAS: tl.constexpr, PER_SAMPLE: tl.constexpr):
+    forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr, N, C, L, S,
+                     HAS_BN, USE_RUNNING, BLOCK_N, BLOCK_C)
+    _dynamic_affine_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                         b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, PER_SAMPLE, BLOCK_N, BLOCK_C)
+
+
+@triton.jit
+def _dynamic_affine_norm_backward_kernel(part_ptr, stats_ptr, work_ptr, scratch_ptr, N, C, L, S, weight_ptr,
+                                         bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr,
+                                         g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps, FOLD_BN: tl.constexpr,
+                                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                                         HAS_BIAS: tl.constexpr, PER_SAMPLE: tl.constexpr):
+    backward_prologue(part_ptr, work_ptr, N, C, S, BLOCK_N, BLOCK_C)
+    _dynamic_affine_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
+                                  w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr,
+                                  H, eps, HAS_WEIGHT, HAS_BIAS, PER_SAMPLE, BLOCK_N, BLOCK_C)
+    backward_epilogue(stats_ptr, work_ptr, N, C, L, FOLD_BN, BLOCK_N, BLOCK_C)
+
+
+def dynamic_affine_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, sc_w1: Tensor, sc_b1: Tensor,
+                        sc_w2: Tensor, sc_b2: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                        training: bool, eps: float, per_sample: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """DN-B (``per_sample``) / DN-C forward: ``(y, stats, batch)``."""
+    C = x.shape[1] if x.dim() >= 2 else 0
+    hidden = check_head("dynamic_affine_norm", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
+    plan = passes.Forward(x, has_bn=True, running_mean=running_mean, running_var=running_var, training=training,
+                          scratch=_dynamic_affine_scratch(x.shape[0], C, hidden, per_sample))
+    launch(_dynamic_affine_norm_forward_kernel, (1,), *plan.math_args(), passes.optional(weight, plan.stats)[0],
+           passes.optional(bias, plan.stats)[0], sc_w1, sc_b1, sc_w2, sc_b2, hidden, float(eps), **plan.math_meta,
+           **affine_meta(weight, bias), PER_SAMPLE=bool(per_sample))
+    return plan.normalize(), plan.stats, plan.batch
+
+
+def dynamic_affine_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None, bias: Tensor | None,
+                                 sc_w1: Tensor, sc_b1: Tensor, sc_w2: Tensor, sc_b2: Tensor, batch_from_input: bool,
+                                 eps: float, per_sample: bool, input_grad: bool) -> tuple[Tensor, ...]:
+    """DN-B / DN-C backward: ``(dx, d_weight, d_bias, d_w1, d_b1, d_w2, d_b2)``."""
+    C = x.shape[1]
+    hidden = check_head("dynamic_affine_norm_backward", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
+    plan = passes.Backward(grad_y, x, stats, fold_bn=batch_from_input, input_grad=input_grad,
+                           scratch=_dynamic_affine_scratch(x.shape[0], C, hidden, per_sample))
+    grads = [passes.grad_like(p, stats) for p in (weight, bias, sc_w1, sc_b1, sc_w2, sc_b2)]
+    launch(_dynamic_affine_norm_backward_kernel, (1,), *plan.math_args(), passes.optional(weight, stats)[0],
+           passes.optional(bias, stats)[0], sc_w1, sc_b1, sc_w2, sc_b2, *grads, hidden, float(eps), **plan.math_meta,
+           **affine_meta(weight, bias), PER_SAMPLE=bool(per_sample))
+    return (plan.input_gradient(), *grads)

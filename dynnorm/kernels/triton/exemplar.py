@@ -16,23 +16,14 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from torch import Tensor
 
-# ---- buffers ------------------------------------------------------------------------------------------------------
+from . import passes
+from .passes import backward_epilogue, backward_prologue, forward_prologue, stats_regions, work_regions
+from .runtime import empty, launch
+from .small import channel_moments
 
-
-@triton.jit
-def stats_regions(stats_ptr, N, C):
-    """``(mean, var, bn_mean, bn_var, reference)`` pointers of a statistics buffer."""
-    bn_mean_ptr = stats_ptr + 2 * N * C
-    return stats_ptr, stats_ptr + N * C, bn_mean_ptr, bn_mean_ptr + C, bn_mean_ptr + 2 * C
-
-
-@triton.jit
-def work_regions(work_ptr, N, C):
-    """``(g_shift, g_scale, scale, g_mean, g_var, g_bn_mean, g_bn_var)`` pointers of a backward work buffer."""
-    g_bn_mean_ptr = work_ptr + 5 * N * C
-    return (work_ptr, work_ptr + N * C, work_ptr + 2 * N * C, work_ptr + 3 * N * C, work_ptr + 4 * N * C,
-            g_bn_mean_ptr, g_bn_mean_ptr + C)
+__all__ = ["exemplar_norm", "exemplar_norm_backward"]
 
 
 # ---- small pieces shared by the learned heads ----------------------------------------------------------------------
@@ -153,7 +144,7 @@ _G_LOGIT = tl.constexpr(7)     # 3 values
 _SAMPLE_VALUES = tl.constexpr(10)
 
 
-def exemplar_scratch(n: int, hidden: int) -> int:
+def _exemplar_scratch(n: int, hidden: int) -> int:
     """Scratch values (statistics' dtype) of the EN math for ``n`` samples and ``hidden`` hidden units."""
     return n * (2 * hidden + _SAMPLE_VALUES.value)
 
@@ -181,22 +172,8 @@ def _exemplar_samples(stats_ptr, scratch_ptr, N, C, w1_ptr, b1_ptr, w2_ptr, b2_p
     for unit in range(H):
         hidden_column(w1_ptr, 2 * C, 0, C, b1_ptr, unit, scratch_ptr + unit * N, n0, N, C, _exemplar_descriptor,
                       mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr, eps, 0, BLOCK_N, BLOCK_C)
-    total_mean = tl.zeros([BLOCK_N, BLOCK_C], DT)
-    total_var = tl.zeros([BLOCK_N, BLOCK_C], DT)
-    for c0 in range(0, C, BLOCK_C):
-        c, c_mask = columns(c0, C, BLOCK_C)
-        offsets, mask = tile(n, n_mask, c, c_mask, C)
-        mean, var = instance_tile(mean_ptr, var_ptr, offsets, mask)
-        total_mean += tl.where(mask, mean, 0.0)
-        total_var += tl.where(mask, var, 0.0)
-    ln_mean = tl.sum(total_mean, axis=1) / C
-    spread = tl.zeros([BLOCK_N, BLOCK_C], DT)
-    for c0 in range(0, C, BLOCK_C):
-        c, c_mask = columns(c0, C, BLOCK_C)
-        offsets, mask = tile(n, n_mask, c, c_mask, C)
-        deviation = tl.where(mask, tl.load(mean_ptr + offsets, mask=mask, other=0.0) - ln_mean[:, None], 0.0)
-        spread += deviation * deviation
-    rstd_ln = rsqrt((tl.sum(total_var, axis=1) + tl.sum(spread, axis=1)) / C + eps)
+    ln_mean, ln_var = channel_moments(mean_ptr, var_ptr, n, n_mask, C, BLOCK_C)
+    rstd_ln = rsqrt(ln_var + eps)
     tl.debug_barrier()
     logit_in = tl.zeros([BLOCK_N], DT) + tl.load(b2_ptr).to(DT)
     logit_ln = tl.zeros([BLOCK_N], DT) + tl.load(b2_ptr + 1).to(DT)
@@ -220,13 +197,13 @@ def _exemplar_samples(stats_ptr, scratch_ptr, N, C, w1_ptr, b1_ptr, w2_ptr, b2_p
 
 
 @triton.jit
-def exemplar_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-                  ratios_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _exemplar_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                   ratios_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """EN forward math: ``scale = gamma * (r_IN rstd_IN + r_LN rstd_LN + r_BN rstd_BN)`` and
     ``shift = beta + gamma * (r_LN (mu - mu_LN) rstd_LN + r_BN (mu - mu_BN) rstd_BN)`` into ``coef``
     (``scale | shift``), the batch-averaged ratios ``(3,)`` into ``ratios``. ``w1 (H, 2C)``, ``b1 (H,)``,
-    ``w2 (3, H)``, ``b2 (3,)``; scratch: :func:`exemplar_scratch`."""
+    ``w2 (3, H)``, ``b2 (3,)``; scratch: :func:`_exemplar_scratch`."""
     mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
     DT = stats_ptr.dtype.element_ty
     sum_in = tl.zeros([BLOCK_N], DT)
@@ -334,10 +311,10 @@ def _exemplar_head_backward(stats_ptr, scratch_ptr, N, H, g_b1_ptr, g_w2_ptr, g_
 
 
 @triton.jit
-def exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
-                           b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps,
-                           HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                            b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps,
+                            HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """EN backward math: from ``g_shift``/``g_scale`` in ``work`` to ``scale``, ``g_mean``, ``g_var``,
     ``g_bn_mean``, ``g_bn_var`` in ``work`` and every parameter's gradient (the weight's and bias's when
     present), the closed form of ``ExemplarNorm::backward``."""
@@ -414,3 +391,75 @@ def exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, b
                 g_w1_std += g_hidden * relative_std
             store_cast(g_w1_ptr + unit * 2 * C, c, c_mask, tl.sum(g_w1_mean, axis=0))
             store_cast(g_w1_ptr + unit * 2 * C + C, c, c_mask, tl.sum(g_w1_std, axis=0))
+
+
+# ---- kernels and the functions of the operator contract ----------------------------------------------------------
+
+@triton.jit
+def _exemplar_norm_forward_kernel(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr,
+                                  coef_ptr, scratch_ptr, N, C, L, S, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                                  b2_ptr, ratios_ptr, H, eps, HAS_BN: tl.constexpr, USE_RUNNING: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                                  HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr):
+    forward_prologue(part_ptr, first_ptr, running_mean_ptr, running_var_ptr, stats_ptr, batch_ptr, N, C, L, S,
+                     HAS_BN, USE_RUNNING, BLOCK_N, BLOCK_C)
+    _exemplar_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                   ratios_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
+
+
+@triton.jit
+def _exemplar_norm_backward_kernel(part_ptr, stats_ptr, work_ptr, scratch_ptr, N, C, L, S, weight_ptr, bias_ptr,
+                                   w1_ptr, b1_ptr, w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr,
+                                   g_w2_ptr, g_b2_ptr, H, eps, FOLD_BN: tl.constexpr, BLOCK_N: tl.constexpr,
+                                   BLOCK_C: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                   SINGLE: tl.constexpr):
+    backward_prologue(part_ptr, work_ptr, N, C, S, BLOCK_N, BLOCK_C)
+    _exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
+                            b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps,
+                            HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
+    backward_epilogue(stats_ptr, work_ptr, N, C, L, FOLD_BN, BLOCK_N, BLOCK_C)
+
+
+def check_head(name: str, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, inputs: int, outputs: int) -> int:
+    """The hidden size of a ``inputs -> H -> outputs`` head ``(w1 (H, inputs), b1 (H,), w2 (outputs, H),
+    b2 (outputs,))``; a clear error naming the shapes otherwise."""
+    hidden = b1.numel()
+    if (w1.shape != (hidden, inputs) or b1.shape != (hidden,) or w2.shape != (outputs, hidden)
+            or b2.shape != (outputs,)):
+        raise ValueError(f"{name}: the head must be ({hidden}, {inputs}), ({hidden},), ({outputs}, {hidden}), "
+                         f"({outputs},) tensors, got {list(w1.shape)}, {list(b1.shape)}, {list(w2.shape)}, "
+                         f"{list(b2.shape)}")
+    return hidden
+
+
+def affine_meta(weight: Tensor | None, bias: Tensor | None) -> dict:
+    return dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None)
+
+
+def exemplar_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, ratio_w1: Tensor, ratio_b1: Tensor,
+                  ratio_w2: Tensor, ratio_b2: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                  training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EN forward: ``(y, stats, batch, ratios)``, ``ratios`` the batch-averaged ``(3,)`` (IN, LN, BN) ratios."""
+    C = x.shape[1] if x.dim() >= 2 else 0
+    hidden = check_head("exemplar_norm", ratio_w1, ratio_b1, ratio_w2, ratio_b2, 2 * C, 3)
+    plan = passes.Forward(x, has_bn=True, running_mean=running_mean, running_var=running_var, training=training,
+                          scratch=_exemplar_scratch(x.shape[0], hidden))
+    ratios = empty("ratios", (3,), dtype=plan.stats.dtype, device=x.device)
+    launch(_exemplar_norm_forward_kernel, (1,), *plan.math_args(), passes.optional(weight, plan.stats)[0],
+           passes.optional(bias, plan.stats)[0], ratio_w1, ratio_b1, ratio_w2, ratio_b2, ratios, hidden, float(eps),
+           **plan.math_meta, **affine_meta(weight, bias), SINGLE=plan.geometry.L == 1)
+    return plan.normalize(), plan.stats, plan.batch, ratios
+
+
+def exemplar_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None, bias: Tensor | None,
+                           ratio_w1: Tensor, ratio_b1: Tensor, ratio_w2: Tensor, ratio_b2: Tensor,
+                           batch_from_input: bool, eps: float, input_grad: bool) -> tuple[Tensor, ...]:
+    """EN backward: ``(dx, d_weight, d_bias, d_w1, d_b1, d_w2, d_b2)``."""
+    hidden = check_head("exemplar_norm_backward", ratio_w1, ratio_b1, ratio_w2, ratio_b2, 2 * x.shape[1], 3)
+    plan = passes.Backward(grad_y, x, stats, fold_bn=batch_from_input, input_grad=input_grad,
+                           scratch=_exemplar_scratch(x.shape[0], hidden))
+    grads = [passes.grad_like(p, stats) for p in (weight, bias, ratio_w1, ratio_b1, ratio_w2, ratio_b2)]
+    launch(_exemplar_norm_backward_kernel, (1,), *plan.math_args(), passes.optional(weight, stats)[0],
+           passes.optional(bias, stats)[0], ratio_w1, ratio_b1, ratio_w2, ratio_b2, *grads, hidden, float(eps),
+           **plan.math_meta, **affine_meta(weight, bias), SINGLE=plan.geometry.L == 1)
+    return (plan.input_gradient(), *grads)
