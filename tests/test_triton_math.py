@@ -634,3 +634,33 @@ def test_kernels_compile_for_h100(layer, monkeypatch):
     """Every kernel a layer call launches compiles to an sm_90 binary (no GPU needed; the SN kernels' test)."""
     monkeypatch.setattr(harness, "LAYERS", [layer])
     harness.test_kernels_compile_for_h100(monkeypatch)
+
+
+@in_process
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
+def test_a_non_finite_head_parameter_shows_in_the_output(layer):
+    case = harness.Case((2, 6, 4))
+    p = layer.parameters(case, 6)
+    p[layer.names[2]].view(-1)[0] = float("nan")  # the head's first matrix, or DN's first gate logit
+    y = layer.forward(harness._input(case), p, None, None, True)[0]
+    assert torch.isnan(y).all()
+
+
+def test_errors_name_the_bad_value():
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    gates = (torch.zeros(2), torch.zeros(2), torch.zeros(()), torch.zeros(()))
+    with pytest.raises(ValueError, match=r"factors \[4, 2\] must be positive with product C = 6"):
+        dynamic.dynamic_norm(x, None, None, *gates, (4, 2), None, None, True, EPS)
+    with pytest.raises(ValueError, match=r"gate logits must be \(2,\) tensors .* got \[3\] and \[2\]"):
+        dynamic.dynamic_norm(x, None, None, torch.zeros(3), *gates[1:], (3, 2), None, None, True, EPS)
+    autoencoder = (torch.zeros(2, 4), torch.zeros(4, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"num_groups \(4\) must be positive and divide C = 6"):
+        associate.associate_norm(x, torch.ones(6), torch.zeros(6), *autoencoder, 4, EPS, True)
+    with pytest.raises(ValueError, match=r"the encoder must be \(E, 3\) and the decoders \(3, E\), got \[2, 4\]"):
+        associate.associate_norm(x, torch.ones(6), torch.zeros(6), *autoencoder, 3, EPS, True)
+    head = (torch.zeros(4, 12), torch.zeros(4), torch.zeros(3, 4), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"exemplar_norm: the head must be \(4, 12\), \(4,\), \(3, 4\), \(3,\) .* "
+                                         r"got \[4, 12\], \[4\], \[2, 4\]"):
+        exemplar.exemplar_norm(x, None, None, head[0], head[1], torch.zeros(2, 4), head[3], None, None, True, EPS)
+    with pytest.raises(ValueError, match=r"dynamic_affine_norm: the head must be \(4, 12\)"):
+        dynamic_affine.dynamic_affine_norm(x, None, None, *head, None, None, True, EPS, True)

@@ -63,14 +63,13 @@ def _group_statistics(stats_ptr, scratch_ptr, N, C, G, BLOCK_N: tl.constexpr, BL
 
 
 @triton.jit
-def _keys(scratch_ptr, reference, offsets, mask, NG, SCALE_FROM_MEAN: tl.constexpr):
-    """The key features ``(key_s, key_t)`` of a tile of ``(N, G)``: the raw group mean and the group variance."""
-    key_mean = tl.where(mask, tl.load(scratch_ptr + _GROUP_MEAN * NG + offsets, mask=mask, other=0.0) + reference, 0.0)
-    key_var = tl.load(scratch_ptr + _GROUP_VAR * NG + offsets, mask=mask, other=0.0)
+def _key_regions(scratch_ptr, reference, NG, SCALE_FROM_MEAN: tl.constexpr):
+    """Where the key features ``key_s``, ``key_t`` are (``(N, G)`` regions of scratch) and what to add to them: the
+    raw group mean (the group mean relative to ``R``, plus ``R``) and the group variance."""
     if SCALE_FROM_MEAN:
-        return key_mean, key_var
+        return scratch_ptr + _GROUP_MEAN * NG, reference, scratch_ptr + _GROUP_VAR * NG, 0.0
     else:
-        return key_var, key_mean
+        return scratch_ptr + _GROUP_VAR * NG, 0.0, scratch_ptr + _GROUP_MEAN * NG, reference
 
 
 @triton.jit
@@ -99,12 +98,8 @@ def _autoencoder(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_
     reference = tl.load(reference_ptr)
     NG = N * G
     embeddings_ptr = scratch_ptr + _GROUP_VALUES * NG
-    if SCALE_FROM_MEAN:  # the key features: the raw group mean and the group variance
-        scale_key_ptr, scale_offset, shift_key_ptr, shift_offset = (
-            scratch_ptr + _GROUP_MEAN * NG, reference, scratch_ptr + _GROUP_VAR * NG, 0.0)
-    else:
-        scale_key_ptr, scale_offset, shift_key_ptr, shift_offset = (
-            scratch_ptr + _GROUP_VAR * NG, 0.0, scratch_ptr + _GROUP_MEAN * NG, reference)
+    scale_key_ptr, scale_offset, shift_key_ptr, shift_offset = _key_regions(scratch_ptr, reference, NG,
+                                                                            SCALE_FROM_MEAN)
     for n0 in range(0, N, BLOCK_N):
         n, n_mask = rows(n0, N, BLOCK_N)
         for unit in range(E):
@@ -230,6 +225,8 @@ def _autoencoder_backward(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale
             tl.store(embeddings_ptr + (_G_SHIFT_EMBEDDING * E + unit) * N + n,
                      tl.where(shift_pre <= 0, 0.0, g_shift_embedding), mask=n_mask)
     tl.debug_barrier()
+    scale_key_ptr, scale_offset, shift_key_ptr, shift_offset = _key_regions(scratch_ptr, reference, NG,
+                                                                            SCALE_FROM_MEAN)
     for g0 in range(0, G, BLOCK_C):
         g, g_mask = columns(g0, G, BLOCK_C)
         for n0 in range(0, N, BLOCK_N):  # the key features' gradients: W1^T times the embeddings' gradients
@@ -258,7 +255,8 @@ def _autoencoder_backward(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale
             for n0 in range(0, N, BLOCK_N):
                 n, n_mask = rows(n0, N, BLOCK_N)
                 offsets, mask = tile(n, n_mask, g, g_mask, G)
-                scale_key, shift_key = _keys(scratch_ptr, reference, offsets, mask, NG, SCALE_FROM_MEAN)
+                scale_key = tl.where(mask, tl.load(scale_key_ptr + offsets, mask=mask, other=0.0) + scale_offset, 0.0)
+                shift_key = tl.where(mask, tl.load(shift_key_ptr + offsets, mask=mask, other=0.0) + shift_offset, 0.0)
                 scale_embedding = embeddings_ptr + (_SCALE_EMBEDDING * E + unit) * N + n
                 shift_embedding = embeddings_ptr + (_SHIFT_EMBEDDING * E + unit) * N + n
                 g_encoder += (tl.load(embeddings_ptr + (_G_SCALE_EMBEDDING * E + unit) * N + n, mask=n_mask,
@@ -350,8 +348,9 @@ def _associate_norm_backward_kernel(part_ptr, stats_ptr, work_ptr, scratch_ptr, 
 
 
 def _check_groups(name: str, x: Tensor, weight: Tensor, bias: Tensor, encoder_weight: Tensor,
-                  scale_decoder_weight: Tensor, shift_decoder_weight: Tensor, num_groups: int) -> tuple[int, int]:
-    """``(G, E)``; clear errors naming bad group counts or shapes."""
+                  scale_decoder_weight: Tensor, shift_decoder_weight: Tensor, num_groups: int) -> tuple:
+    """``(G, E, encoder, scale decoder, shift decoder)``, the matrices row-major (the kernels index them so); clear
+    errors naming bad group counts or shapes."""
     C = x.shape[1] if x.dim() >= 2 else 0
     G = int(num_groups)
     if G < 1 or C % G:
@@ -364,7 +363,7 @@ def _check_groups(name: str, x: Tensor, weight: Tensor, bias: Tensor, encoder_we
                          f"{list(shift_decoder_weight.shape)}")
     if weight is None or bias is None or weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"{name}: weight and bias must be ({C},) tensors")
-    return G, E
+    return G, E, encoder_weight.contiguous(), scale_decoder_weight.contiguous(), shift_decoder_weight.contiguous()
 
 
 def _group_block(x: Tensor, G: int) -> int:
@@ -375,8 +374,8 @@ def associate_norm(x: Tensor, weight: Tensor, bias: Tensor, encoder_weight: Tens
                    shift_decoder_weight: Tensor, num_groups: int, eps: float, scale_from_mean: bool
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """AssocNorm forward: ``(y, stats, batch)`` (the ``bn_*`` slots are 0)."""
-    G, E = _check_groups("associate_norm", x, weight, bias, encoder_weight, scale_decoder_weight,
-                         shift_decoder_weight, num_groups)
+    G, E, encoder_weight, scale_decoder_weight, shift_decoder_weight = _check_groups(
+        "associate_norm", x, weight, bias, encoder_weight, scale_decoder_weight, shift_decoder_weight, num_groups)
     plan = passes.Forward(x, has_bn=False, running_mean=None, running_var=None, training=False,
                           scratch=_associate_scratch(x.shape[0], G, E))
     launch(_associate_norm_forward_kernel, (1,), *plan.math_args(), weight, bias, encoder_weight,
@@ -390,8 +389,9 @@ def associate_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Te
                             num_groups: int, eps: float, scale_from_mean: bool, input_grad: bool
                             ) -> tuple[Tensor, ...]:
     """AssocNorm backward: ``(dx, d_weight, d_bias, d_encoder, d_scale_decoder, d_shift_decoder)``."""
-    G, E = _check_groups("associate_norm_backward", x, weight, bias, encoder_weight, scale_decoder_weight,
-                         shift_decoder_weight, num_groups)
+    G, E, encoder_weight, scale_decoder_weight, shift_decoder_weight = _check_groups(
+        "associate_norm_backward", x, weight, bias, encoder_weight, scale_decoder_weight, shift_decoder_weight,
+        num_groups)
     plan = passes.Backward(grad_y, x, stats, fold_bn=False, input_grad=input_grad,
                            scratch=_associate_scratch(x.shape[0], G, E))
     grads = [passes.grad_like(p, stats) for p in (weight, bias, encoder_weight, scale_decoder_weight,

@@ -335,7 +335,7 @@ def dynamic_affine_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, s
                         training: bool, eps: float, per_sample: bool) -> tuple[Tensor, Tensor, Tensor]:
     """DN-B (``per_sample``) / DN-C forward: ``(y, stats, batch)``."""
     C = x.shape[1] if x.dim() >= 2 else 0
-    hidden = check_head("dynamic_affine_norm", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
+    hidden, sc_w1, sc_w2 = check_head("dynamic_affine_norm", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
     plan = passes.Forward(x, has_bn=True, running_mean=running_mean, running_var=running_var, training=training,
                           scratch=_dynamic_affine_scratch(x.shape[0], C, hidden, per_sample))
     launch(_dynamic_affine_norm_forward_kernel, (1,), *plan.math_args(), passes.optional(weight, plan.stats)[0],
@@ -349,7 +349,7 @@ def dynamic_affine_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weigh
                                  eps: float, per_sample: bool, input_grad: bool) -> tuple[Tensor, ...]:
     """DN-B / DN-C backward: ``(dx, d_weight, d_bias, d_w1, d_b1, d_w2, d_b2)``."""
     C = x.shape[1]
-    hidden = check_head("dynamic_affine_norm_backward", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
+    hidden, sc_w1, sc_w2 = check_head("dynamic_affine_norm_backward", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
     plan = passes.Backward(grad_y, x, stats, fold_bn=batch_from_input, input_grad=input_grad,
                            scratch=_dynamic_affine_scratch(x.shape[0], C, hidden, per_sample))
     grads = [passes.grad_like(p, stats) for p in (weight, bias, sc_w1, sc_b1, sc_w2, sc_b2)]

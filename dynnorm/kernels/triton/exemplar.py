@@ -106,12 +106,6 @@ def affine_columns(weight_ptr, bias_ptr, c, c_mask, DT: tl.constexpr, HAS_WEIGHT
 
 
 @triton.jit
-def total(acc):
-    """Sum of a ``[BLOCK_N, BLOCK_C]`` accumulator over both axes."""
-    return tl.sum(tl.sum(acc, axis=1), axis=0)
-
-
-@triton.jit
 def hidden_column(w_ptr, in_features, lo_first, hi_first, b_ptr, unit, scratch_ptr, n0, M, C,
                   input_tile: tl.constexpr, mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr, eps,
                   OPTION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -420,16 +414,18 @@ def _exemplar_norm_backward_kernel(part_ptr, stats_ptr, work_ptr, scratch_ptr, N
     backward_epilogue(stats_ptr, work_ptr, N, C, L, FOLD_BN, BLOCK_N, BLOCK_C)
 
 
-def check_head(name: str, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, inputs: int, outputs: int) -> int:
-    """The hidden size of a ``inputs -> H -> outputs`` head ``(w1 (H, inputs), b1 (H,), w2 (outputs, H),
-    b2 (outputs,))``; a clear error naming the shapes otherwise."""
+def check_head(name: str, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, inputs: int, outputs: int
+               ) -> tuple[int, Tensor, Tensor]:
+    """``(H, w1, w2)`` of an ``inputs -> H -> outputs`` head ``(w1 (H, inputs), b1 (H,), w2 (outputs, H),
+    b2 (outputs,))``, the matrices row-major (the kernels index them so); a clear error naming the shapes
+    otherwise."""
     hidden = b1.numel()
     if (w1.shape != (hidden, inputs) or b1.shape != (hidden,) or w2.shape != (outputs, hidden)
             or b2.shape != (outputs,)):
         raise ValueError(f"{name}: the head must be ({hidden}, {inputs}), ({hidden},), ({outputs}, {hidden}), "
                          f"({outputs},) tensors, got {list(w1.shape)}, {list(b1.shape)}, {list(w2.shape)}, "
                          f"{list(b2.shape)}")
-    return hidden
+    return hidden, w1.contiguous(), w2.contiguous()
 
 
 def affine_meta(weight: Tensor | None, bias: Tensor | None) -> dict:
@@ -441,7 +437,7 @@ def exemplar_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, ratio_w
                   training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """EN forward: ``(y, stats, batch, ratios)``, ``ratios`` the batch-averaged ``(3,)`` (IN, LN, BN) ratios."""
     C = x.shape[1] if x.dim() >= 2 else 0
-    hidden = check_head("exemplar_norm", ratio_w1, ratio_b1, ratio_w2, ratio_b2, 2 * C, 3)
+    hidden, ratio_w1, ratio_w2 = check_head("exemplar_norm", ratio_w1, ratio_b1, ratio_w2, ratio_b2, 2 * C, 3)
     plan = passes.Forward(x, has_bn=True, running_mean=running_mean, running_var=running_var, training=training,
                           scratch=_exemplar_scratch(x.shape[0], hidden))
     ratios = empty("ratios", (3,), dtype=plan.stats.dtype, device=x.device)
@@ -455,7 +451,8 @@ def exemplar_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Ten
                            ratio_w1: Tensor, ratio_b1: Tensor, ratio_w2: Tensor, ratio_b2: Tensor,
                            batch_from_input: bool, eps: float, input_grad: bool) -> tuple[Tensor, ...]:
     """EN backward: ``(dx, d_weight, d_bias, d_w1, d_b1, d_w2, d_b2)``."""
-    hidden = check_head("exemplar_norm_backward", ratio_w1, ratio_b1, ratio_w2, ratio_b2, 2 * x.shape[1], 3)
+    hidden, ratio_w1, ratio_w2 = check_head("exemplar_norm_backward", ratio_w1, ratio_b1, ratio_w2, ratio_b2,
+                                            2 * x.shape[1], 3)
     plan = passes.Backward(grad_y, x, stats, fold_bn=batch_from_input, input_grad=input_grad,
                            scratch=_exemplar_scratch(x.shape[0], hidden))
     grads = [passes.grad_like(p, stats) for p in (weight, bias, ratio_w1, ratio_b1, ratio_w2, ratio_b2)]
