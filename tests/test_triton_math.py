@@ -8,6 +8,11 @@ moments in a statistics buffer (relative to a reference value ``R``) and must gi
 and, from random ``g_scale``/``g_shift``, the same gradients of the moments, of the BN term's statistics and of
 every parameter. In training the BN term's statistics are the batch's (pooled from the moments), and the
 kernels' BN gradients are folded into the moments' by autograd through :func:`dynnorm.functional.pooled_moments`.
+
+The layer functions of the operator contract (moments pass, math kernel, normalize; gradient sums, math backward,
+input gradient) are then checked end to end with the SN kernels' harness (``test_triton_kernels.py``): outputs,
+statistics, input and parameter gradients on its cases, launches and memory, small tiles, and an sm_90 compile of
+every kernel. As there, the interpreter tests run in a child pytest unless ``TRITON_INTERPRET=1`` was set.
 """
 from __future__ import annotations
 
