@@ -63,16 +63,3 @@ html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 html_theme_options = {"source_repository": "", "navigation_with_keys": True}
 pygments_style = "friendly"
-
-
-def _dedent_composed_docstrings(app, what, name, obj, options, lines: list[str]) -> None:
-    """Docstrings composed as ``summary + base.__doc__`` (DN-B/DN-C's) keep the base's indentation after its
-    unindented first line, which autodoc's dedent (based on the second line) leaves in place: dedent the rest."""
-    body = [line for line in lines[2:] if line.strip()]
-    if len(lines) > 2 and lines[1].strip() and not lines[1][0].isspace() and body:
-        indent = min(len(line) - len(line.lstrip()) for line in body)
-        lines[2:] = [line[indent:] for line in lines[2:]]
-
-
-def setup(app) -> None:
-    app.connect("autodoc-process-docstring", _dedent_composed_docstrings, priority=400)  # before napoleon (500)

@@ -35,7 +35,7 @@ class _DynamicAffineNorm(DynNormBase):
         **Interpretation:** the SC module's form (two layers, ReLU, tanh-bounded additive outputs), DN-B's
         scale-invariant per-sample input (feeding the raw per-sample statistics made the generated affine grow
         without bound in deep networks), the zero initialisation, and the width: ``reduction = 32`` keeps the
-        generators of a MobileNetV2 at +0.46% of its multiply-adds at 224x224 (``tools/norm_cost.py``),
+        generators of a MobileNetV2 at +0.46% of its multiply-adds at 224x224 (``benchmarks/norm_cost.py``),
         within the stated +0.6% (``reduction = 16`` would be +0.9%).
 
     Args:
@@ -83,7 +83,8 @@ class _DynamicAffineNorm(DynNormBase):
 
 def _variant_doc(summary: str, name: str) -> str:
     return f"""{summary}
-{_DynamicAffineNorm.__doc__}
+
+    {_DynamicAffineNorm.__doc__}
     Examples::
 
         >>> {name}(64)(torch.randn(2, 64, 8, 8)).shape

@@ -39,7 +39,7 @@ class ExemplarNorm2d(DynNormBase):
         statistics* — the mean and std of the BN-standardized sample — which do not change when the input is
         offset or rescaled, so the head neither saturates on raw pixel values nor needs to learn the scale of
         its input layer; and it is narrow (``hidden_size = 4``): about ``8 C`` parameters per layer, +0.8%
-        parameters on a ResNet-50 (``tools/norm_cost.py``), in keeping with "a few parameters". Pooling the
+        parameters on a ResNet-50 (``benchmarks/norm_cost.py``), in keeping with "a few parameters". Pooling the
         normalized maps instead would be degenerate for IN (its pooled mean is 0 and its pooled std 1).
 
     Args:
