@@ -90,7 +90,7 @@ def test_kernels_compile_for_h100(monkeypatch):
     cases = (Case((1, 4, 3, 3), channels_last=True, dtype=torch.float32),  # N == 1: a constexpr
              Case((3, 5), dtype=torch.bfloat16, training=False, affine=False, bn_term=False))  # and L == 1
     for layer in LAYERS:
-        for case in cases if layer in (SWITCH, SPARSE) else cases[:1]:
+        for case in cases:
             C = case.shape[1]
             p = _cast(layer.parameters(case, C), case.dtype)
             p.update({k: v for k, v in (("freeze", True), ("mixture_logits", case.affine)) if k in p})
@@ -157,8 +157,6 @@ class Layer:
     backward: Callable
     reference: Callable
     has_bn: Callable = lambda p: True
-    running: bool = True  # takes running statistics (evaluation); AssocNorm has no BN term and none
-    reference_extras: Callable | None = None  # the expected outputs after (y, stats, batch), same arguments
 
 
 def _affine(case: Case, C: int) -> dict:
@@ -221,109 +219,9 @@ SPARSE = Layer(
         running_var=rv, num_batches_tracked=None, training=training, momentum=0.1, eps=1e-5, freeze=p["freeze"]),
     has_bn=lambda p: p["mean_weight"].numel() == 3)
 
-def _head(inputs: int, hidden: int, outputs: int) -> tuple[torch.Tensor, ...]:
-    """A two-layer head's ``(w1 (hidden, inputs), b1, w2 (outputs, hidden), b2)`` with some ReLUs off."""
-    return (torch.randn(hidden, inputs, dtype=torch.float64) / inputs ** 0.5, 0.3 * torch.randn(hidden, dtype=torch.float64),
-            torch.randn(outputs, hidden, dtype=torch.float64) / hidden ** 0.5, 0.3 * torch.randn(outputs, dtype=torch.float64))
 
-
-def _exemplar_parameters(case: Case, C: int) -> dict:
-    w1, b1, w2, b2 = _head(2 * C, 3, 3)
-    return {**_affine(case, C), "ratio_w1": w1, "ratio_b1": b1, "ratio_w2": w2, "ratio_b2": b2}
-
-
-def _dynamic_affine_parameters(case: Case, C: int) -> dict:
-    w1, b1, w2, b2 = _head(2 * C, 4, 2 * C)
-    return {**_affine(case, C), "sc_w1": w1, "sc_b1": b1, "sc_w2": w2, "sc_b2": b2,
-            "per_sample": bool(torch.rand(()) < 0.5)}
-
-
-def _smallest_factor(C: int) -> int:
-    return next(f for f in range(2, C + 1) if C % f == 0) if C > 1 else 1
-
-
-def _dynamic_parameters(case: Case, C: int) -> dict:
-    first = _smallest_factor(C)
-    factors = [first, C // first] if C // first > 1 else [C]
-    return {**_affine(case, C), "factors": factors,
-            "mean_gate_logits": torch.randn(len(factors), dtype=torch.float64),
-            "var_gate_logits": torch.randn(len(factors), dtype=torch.float64),
-            "mean_batch_logit": torch.randn((), dtype=torch.float64),
-            "var_batch_logit": torch.randn((), dtype=torch.float64)}
-
-
-def _associate_parameters(case: Case, C: int) -> dict:
-    groups = C // _smallest_factor(C) if C > 1 else 1
-    embedding = 3
-    return {"weight": 0.5 + 0.1 * torch.randn(C, dtype=torch.float64), "bias": 0.1 * torch.randn(C, dtype=torch.float64),
-            "encoder_weight": torch.randn(embedding, groups, dtype=torch.float64) / groups ** 0.5,
-            "scale_decoder_weight": torch.randn(groups, embedding, dtype=torch.float64),
-            "shift_decoder_weight": torch.randn(groups, embedding, dtype=torch.float64), "num_groups": groups,
-            "scale_from_mean": bool(torch.rand(()) < 0.5)}
-
-
-EXEMPLAR = Layer(
-    "exemplar_norm", ("weight", "bias", "ratio_w1", "ratio_b1", "ratio_w2", "ratio_b2"), _exemplar_parameters,
-    forward=lambda x, p, rm, rv, training: kernels.exemplar_norm(
-        x, p["weight"], p["bias"], p["ratio_w1"], p["ratio_b1"], p["ratio_w2"], p["ratio_b2"], rm, rv, training, 1e-5),
-    backward=lambda g, x, out, p, batch, input_grad: kernels.exemplar_norm_backward(
-        g, x, out[1], p["weight"], p["bias"], p["ratio_w1"], p["ratio_b1"], p["ratio_w2"], p["ratio_b2"], batch, 1e-5,
-        input_grad),
-    reference=lambda x, p, rm, rv, training: functional.exemplar_norm(
-        x, weight=p["weight"], bias=p["bias"], ratio_w1=p["ratio_w1"], ratio_b1=p["ratio_b1"], ratio_w2=p["ratio_w2"],
-        ratio_b2=p["ratio_b2"], running_mean=rm, running_var=rv, num_batches_tracked=None, training=training,
-        momentum=0.1, eps=1e-5)[0],
-    reference_extras=lambda x, p, rm, rv, training: functional.exemplar_norm(
-        x, weight=p["weight"], bias=p["bias"], ratio_w1=p["ratio_w1"], ratio_b1=p["ratio_b1"], ratio_w2=p["ratio_w2"],
-        ratio_b2=p["ratio_b2"], running_mean=rm, running_var=rv, num_batches_tracked=None, training=training,
-        momentum=0.1, eps=1e-5)[1:])
-
-DYNAMIC_AFFINE = Layer(
-    "dynamic_affine_norm", ("weight", "bias", "sc_w1", "sc_b1", "sc_w2", "sc_b2"), _dynamic_affine_parameters,
-    forward=lambda x, p, rm, rv, training: kernels.dynamic_affine_norm(
-        x, p["weight"], p["bias"], p["sc_w1"], p["sc_b1"], p["sc_w2"], p["sc_b2"], rm, rv, training, 1e-5,
-        p["per_sample"]),
-    backward=lambda g, x, out, p, batch, input_grad: kernels.dynamic_affine_norm_backward(
-        g, x, out[1], p["weight"], p["bias"], p["sc_w1"], p["sc_b1"], p["sc_w2"], p["sc_b2"], batch, 1e-5,
-        p["per_sample"], input_grad),
-    reference=lambda x, p, rm, rv, training: functional.dynamic_affine_norm(
-        x, weight=p["weight"], bias=p["bias"], sc_w1=p["sc_w1"], sc_b1=p["sc_b1"], sc_w2=p["sc_w2"], sc_b2=p["sc_b2"],
-        running_mean=rm, running_var=rv, num_batches_tracked=None, training=training, momentum=0.1, eps=1e-5,
-        per_sample=p["per_sample"]))
-
-DYNAMIC = Layer(
-    "dynamic_norm", ("weight", "bias", "mean_gate_logits", "var_gate_logits", "mean_batch_logit", "var_batch_logit"),
-    _dynamic_parameters,
-    forward=lambda x, p, rm, rv, training: kernels.dynamic_norm(
-        x, p["weight"], p["bias"], p["mean_gate_logits"], p["var_gate_logits"], p["mean_batch_logit"],
-        p["var_batch_logit"], p["factors"], rm, rv, training, 1e-5),
-    backward=lambda g, x, out, p, batch, input_grad: kernels.dynamic_norm_backward(
-        g, x, out[1], p["weight"], p["bias"], p["mean_gate_logits"], p["var_gate_logits"], p["mean_batch_logit"],
-        p["var_batch_logit"], p["factors"], batch, 1e-5, input_grad),
-    reference=lambda x, p, rm, rv, training: functional.dynamic_norm(
-        x, weight=p["weight"], bias=p["bias"], mean_gate_logits=p["mean_gate_logits"],
-        var_gate_logits=p["var_gate_logits"], mean_batch_logit=p["mean_batch_logit"],
-        var_batch_logit=p["var_batch_logit"], factors=p["factors"], running_mean=rm, running_var=rv,
-        num_batches_tracked=None, training=training, momentum=0.1, eps=1e-5))
-
-ASSOCIATE = Layer(
-    "associate_norm", ("weight", "bias", "encoder_weight", "scale_decoder_weight", "shift_decoder_weight"),
-    _associate_parameters,
-    forward=lambda x, p, rm, rv, training: kernels.associate_norm(
-        x, p["weight"], p["bias"], p["encoder_weight"], p["scale_decoder_weight"], p["shift_decoder_weight"],
-        p["num_groups"], 1e-5, p["scale_from_mean"]),
-    backward=lambda g, x, out, p, batch, input_grad: kernels.associate_norm_backward(
-        g, x, out[1], p["weight"], p["bias"], p["encoder_weight"], p["scale_decoder_weight"],
-        p["shift_decoder_weight"], p["num_groups"], 1e-5, p["scale_from_mean"], input_grad),
-    reference=lambda x, p, rm, rv, training: functional.associate_norm(
-        x, weight=p["weight"], bias=p["bias"], encoder_weight=p["encoder_weight"],
-        scale_decoder_weight=p["scale_decoder_weight"], shift_decoder_weight=p["shift_decoder_weight"],
-        num_groups=p["num_groups"], eps=1e-5, scale_from_mean=p["scale_from_mean"]),
-    has_bn=lambda p: False, running=False)
-
-#: the layers whose functions the package exports
-LAYERS = [layer for layer in (SWITCH, SPARSE, EXEMPLAR, DYNAMIC_AFFINE, DYNAMIC, ASSOCIATE)
-          if hasattr(kernels, layer.name)]
+#: the layers of this module (EN, DN-B/DN-C, DN and AssocNorm: test_triton_math.py, with these checks)
+LAYERS = [SWITCH, SPARSE]
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------------
@@ -370,7 +268,7 @@ def _check_layer(layer: Layer, case: Case) -> None:
     p = _cast(layer.parameters(case, C), case.dtype)
     x = _input(case)
     buffers = torch.float64 if case.dtype == torch.float64 else torch.float32
-    rm, rv = (None, None) if case.training or not layer.running else _running(C, buffers)
+    rm, rv = (None, None) if case.training else _running(C, buffers)
     outputs = layer.forward(x, p, rm, rv, case.training)
     y, stats = outputs[0], outputs[1]
     assert y.dtype == x.dtype and y.shape == x.shape and y.stride() == x.stride()
@@ -382,10 +280,6 @@ def _check_layer(layer: Layer, case: Case) -> None:
     pr.update({k: pr[k].detach().requires_grad_() for k in layer.names if pr[k] is not None})
     rm_ref, rv_ref = (None, None) if rm is None else (rm.double(), rv.double())
     y_ref = layer.reference(xr, pr, rm_ref, rv_ref, case.training)
-    if layer.reference_extras is not None:  # the layer's extra outputs, e.g. EN's ratios
-        with torch.no_grad():
-            for actual, expected in zip(outputs[3:], layer.reference_extras(xr, pr, rm_ref, rv_ref, case.training)):
-                _close(actual, expected, case.dtype, "extra output")
     _close(y, y_ref, case.dtype, "y")
     _check_stats(stats, x, case, rm_ref, rv_ref, layer.has_bn(p))
     _check_batch(outputs[2], x, case, layer.has_bn(p))
@@ -457,26 +351,16 @@ CASES = [
 ]
 
 
-#: SN and SSN run every case; the layers with heads (whose math has its own tests in test_triton_math.py) a subset
-HEAD_CASES = [CASES[i] for i in (0, 2, 4, 6)]
-LAYER_CASES = [pytest.param(layer, case, id=f"{layer.name}-{case}") for layer in LAYERS
-               for case in (CASES if layer in (SWITCH, SPARSE) else HEAD_CASES)]
-
-
-#: both layouts for SN and SSN, one each (alternating) for the other layers
-LAYOUTS = [pytest.param(layer, channels_last, id=f"{layer.name}-{'cl' if channels_last else 'contiguous'}")
-           for i, layer in enumerate(LAYERS)
-           for channels_last in ((False, True) if layer in (SWITCH, SPARSE) else (i % 2 == 1,))]
-
-
 @in_process
-@pytest.mark.parametrize("layer, case", LAYER_CASES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.name)
 def test_matches_reference(layer, case):
     _check_layer(layer, case)
 
 
 @in_process
-@pytest.mark.parametrize("layer, channels_last", LAYOUTS)
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.name)
+@pytest.mark.parametrize("channels_last", [False, True])
 def test_small_tiles_split_rows_and_loop_over_blocks(layer, channels_last, monkeypatch):
     """Tiles smaller than the shapes: several spatial splits per row (merged by the math kernel), several tiles per
     program, and (N, C) blocks that do not divide N or C."""
@@ -496,7 +380,8 @@ def test_small_tiles_split_rows_and_loop_over_blocks(layer, channels_last, monke
 # ---- launches, allocations, errors ----------------------------------------------------------------------------------
 
 @in_process
-@pytest.mark.parametrize("layer, channels_last", LAYOUTS)
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.name)
+@pytest.mark.parametrize("channels_last", [False, True])
 def test_three_launches_each_way_and_input_sized_memory(layer, channels_last):
     case = Case((2, 6, 5, 7), channels_last=channels_last, dtype=torch.float32)
     N, C = case.shape[:2]

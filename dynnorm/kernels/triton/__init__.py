@@ -120,6 +120,10 @@ __all__ = ["available", "interpreting", "record_launches"]
 _LAYER_MODULES = {
     "switch_norm": "switch", "switch_norm_backward": "switch",
     "sparse_switch_norm": "switch", "sparse_switch_norm_backward": "switch",
+    "exemplar_norm": "exemplar", "exemplar_norm_backward": "exemplar",
+    "dynamic_affine_norm": "dynamic_affine", "dynamic_affine_norm_backward": "dynamic_affine",
+    "dynamic_norm": "dynamic", "dynamic_norm_backward": "dynamic",
+    "associate_norm": "associate", "associate_norm_backward": "associate",
 }
 
 __all__ += list(_LAYER_MODULES)
