@@ -138,21 +138,6 @@ def ensure_dataset(root: str | os.PathLike = DEFAULT_ROOT, spec: ShapesSpec = Sh
     return root
 
 
-def ensure_config_dataset(cfg, data_root: str | None = None) -> None:
-    """Generate the dataset an mmengine config asks for with ``synthetic_shapes = dict(root=..., **spec)``, under
-    ``data_root`` if given (``--data-root`` of ``tools/train.py`` and ``tools/test.py``); a config without the
-    key is left alone. Call it once the Runner is built: the main process generates, the others wait."""
-    if "synthetic_shapes" not in cfg:
-        return
-    from mmengine.dist import barrier, get_rank
-
-    if get_rank() == 0:
-        options = dict(cfg.synthetic_shapes)
-        root = options.pop("root")
-        ensure_dataset(data_root or root, ShapesSpec(**options))
-    barrier()
-
-
 if __name__ == "__main__":
     import argparse
 

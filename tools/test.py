@@ -23,7 +23,7 @@ from mmengine.dist import get_rank
 import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor)
 from dynnorm.integrations.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
 from dynnorm.integrations.mm_runtime import build_runner, load_config
-from tasks.synthetic_shapes import ensure_config_dataset
+from tasks.generated_datasets import ensure_config_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

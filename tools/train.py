@@ -8,7 +8,8 @@
 Configs load dynnorm through ``custom_imports``; this script imports it as well, so plain mmdet/mmseg configs
 with ``norm_cfg=dict(type='SN')`` work too. It also:
 
-- generates the synthetic shapes dataset first when the config asks for it (``synthetic_shapes = dict(root=...)``);
+- generates the dataset the config asks for first, when it is missing (``synthetic_shapes = dict(root=...)``,
+  ``fashion_scenes = dict(root=...)``: :mod:`tasks.generated_datasets`);
 - loads checkpoints weights-only, mmengine's own checkpoint classes allowed, so ``--resume``/``load_from`` work
   under torch >= 2.6 without running code from the file; ``--trust-checkpoint`` (or ``trust_checkpoint = True``
   in the config) loads the resumed/``load_from`` checkpoint as a full pickle
@@ -31,7 +32,7 @@ from mmengine.config import Config, DictAction
 import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor)
 from dynnorm.integrations.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
 from dynnorm.integrations.mm_runtime import build_runner, load_config
-from tasks.synthetic_shapes import ensure_config_dataset
+from tasks.generated_datasets import ensure_config_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
