@@ -62,6 +62,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import dynnorm
+from benchmarks import results_io
 from benchmarks.results_io import REPO_ROOT, RESULTS_DIR, command_line, write_atomically
 
 #: Settings of the study that are not a registry name alone: study name -> (row label, ``norm`` setting of
@@ -214,37 +215,15 @@ def run_key(run: dict) -> tuple[str, int, int]:
     return run["norm"], run["batch_size"], run["seed"]
 
 
-class ResultStore:
-    """The study's JSON: settings, the latest command, and every finished run, rewritten atomically per run."""
+class ResultStore(results_io.ResultStore):
+    """The study's JSON (:class:`benchmarks.results_io.ResultStore`), runs identified by :func:`run_key`."""
 
     def __init__(self, path: Path, settings: Settings, header: dict) -> None:
-        self.path, self.settings = path, asdict(settings)
-        self.runs: list[dict] = []
-        if path.is_file():
-            stored = json.loads(path.read_text())
-            stored_settings = stored.get("settings") or {}
-            if stored_settings != self.settings:
-                different = sorted(k for k in self.settings if stored_settings.get(k) != self.settings[k])
-                raise SystemExit(f"{path} holds runs of other settings (differing: {', '.join(different)}); "
-                                 "pass another --out, or delete the file to start over")
-            self.runs = stored["runs"]
-        self.header = header
+        super().__init__(path, asdict(settings), header, key=run_key)
 
     def discard(self, norms: list[str]) -> None:
         """Forget the recorded runs of ``norms`` (rewritten when the next run is added)."""
         self.runs = [run for run in self.runs if run["norm"] not in norms]
-
-    def recorded(self) -> set[tuple[str, int, int]]:
-        return {run_key(run) for run in self.runs}
-
-    def add(self, run: dict) -> None:
-        self.runs.append(run)
-        self.write()
-
-    def write(self) -> None:
-        summary = {**self.header, "settings": self.settings,
-                   "run_seconds_total": round(sum(r["seconds"] for r in self.runs), 1), "runs": self.runs}
-        write_atomically(self.path, json.dumps(summary, indent=1) + "\n")
 
 
 def run_study(todo: list[tuple[str, int, int]], settings: Settings, workers: int, threads: int,
