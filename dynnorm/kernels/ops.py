@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import functional
 
-__all__ = ["LAYER_OPS", "LayerOp", "StatsLayout", "define", "double_backward"]
+__all__ = ["LAYER_OPS", "LayerOp", "StatsLayout", "define", "double_backward", "keep"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +353,7 @@ def define(namespace: str, *, autograd: bool) -> None:
     ``autograd``, their autograd (the C++ operators register theirs in C++). The implementations are
     registered separately, per device."""
     library = torch.library.Library(namespace, "DEF")
-    _LIBRARIES.append(library)
+    keep(library)
     for spec in LAYER_OPS:
         library.define(spec.name + spec.forward_schema())
         library.define(f"{spec.name}_backward" + spec.backward_schema())
@@ -369,4 +369,9 @@ def define(namespace: str, *, autograd: bool) -> None:
                                             setup_context=rule.setup_context, lib=library)
 
 
-_LIBRARIES: list[torch.library.Library] = []  # keeps the definitions alive
+_LIBRARIES: list[torch.library.Library] = []
+
+
+def keep(library: torch.library.Library) -> None:
+    """Keep ``library`` (and so its definitions and registrations) alive for the life of the process."""
+    _LIBRARIES.append(library)
