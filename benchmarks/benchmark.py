@@ -6,7 +6,8 @@ fresh random order, so that load from other jobs on a shared machine hits every 
 is the median over the repeats, and the ratio to ``nn.BatchNorm2d`` is the median over the repeats of the
 ratio within a repeat. Columns: the layer as shipped ("fast"), the same layer with the fused kernels
 switched off (``dynnorm.fast_path(False)``, "reference ops") for the SN family, and the layer under
-``torch.compile`` (``--compile``). "SN (published)" is :class:`PublishedSwitchNorm2d` below, the SN
+``torch.compile`` (``--compile``); on CUDA also the layer on its Triton kernels ("triton",
+``dynnorm.set_cuda_kernels('triton')``). "SN (published)" is :class:`PublishedSwitchNorm2d` below, the SN
 equations (Luo et al., ICLR 2019) written as straightforward PyTorch ops. Memory: bytes of the tensors
 saved for backward (unique storages, ``torch.autograd.graph.saved_tensors_hooks``) and the peak of
 memory allocated during forward+backward, both relative to the input's size.
@@ -19,7 +20,8 @@ Examples::
 
     python -m benchmarks.benchmark                             # CPU float32, the issue shapes, 1 thread
     python -m benchmarks.benchmark --compile --dtypes float32 bfloat16
-    python -m benchmarks.benchmark --device cuda --dtypes bfloat16 --compile
+    python -m benchmarks.benchmark --device cuda --dtypes float32 bfloat16 --compile \
+        --small-shapes 2,32,14,14 --shapes 2,256,50,84 2,64,200,336   # the GPU tables (reference, triton, cuDNN)
 
 Writes ``benchmarks/results/benchmark.json`` and ``benchmarks/results/benchmark.md`` (``--out`` changes the stem).
 """
@@ -129,6 +131,22 @@ class WithoutFastPath(nn.Module):
             return self.layer(x)
 
 
+class WithTritonKernels(nn.Module):
+    """Runs ``layer`` with the Triton kernels on CUDA (``dynnorm.set_cuda_kernels('triton')``)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        previous = dynnorm.cuda_kernels()
+        dynnorm.set_cuda_kernels("triton")
+        try:
+            return self.layer(x)
+        finally:
+            dynnorm.set_cuda_kernels(previous)
+
+
 PUBLISHED_SN = "SN (published)"
 PER_SAMPLE_FLOOR = "per-sample floor"  # timed in "eval fwd" only, never compiled
 OP_NAMESPACES = ("aten", "dynnorm")  # counted at the small-batch shapes: PyTorch's ops and this package's own
@@ -148,6 +166,7 @@ def layer_factories() -> dict[str, Callable[[int], nn.Module]]:
 
 
 REFERENCE_OPS_OF = ("SN", "EN", "DN-B", "AssocNorm")  # also timed with the fused kernels off
+TRITON_LAYERS = ("SN", "SSN", "EN", "DN", "DN-B", "DN-C", "AssocNorm")  # also timed with the Triton kernels on CUDA
 
 
 def cpu_name() -> str:
@@ -260,7 +279,8 @@ def build_layers(
     names: list[str], channels: int, device: torch.device, dtype: torch.dtype, compile_layers: list[str],
     reference_ops: bool,
 ) -> dict[tuple[str, str], nn.Module]:
-    """``{(name, implementation): layer}``; implementations ``fast``, ``reference ops``, ``compiled``."""
+    """``{(name, implementation): layer}``; implementations ``fast`` (as shipped: the fused CPU operators on CPU,
+    the reference ops on CUDA), ``triton`` (CUDA only), ``reference ops``, ``compiled``."""
     factories = layer_factories()
     layers: dict[tuple[str, str], nn.Module] = {}
     for name in names:
@@ -268,6 +288,9 @@ def build_layers(
         layers[(name, "fast")] = factories[name](channels).to(device)
         if name == "GN" and dtype != torch.float32:  # GroupNorm has no mixed-dtype kernel on CUDA
             layers[(name, "fast")].to(dtype)
+        if device.type == "cuda" and name in TRITON_LAYERS:
+            torch.manual_seed(0)
+            layers[(name, "triton")] = WithTritonKernels(factories[name](channels).to(device))
         if reference_ops and name in REFERENCE_OPS_OF:
             torch.manual_seed(0)
             layers[(name, "reference ops")] = WithoutFastPath(factories[name](channels).to(device))
