@@ -200,9 +200,14 @@ void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys, St
 }  // namespace
 }  // namespace dynnorm
 
-TORCH_LIBRARY_IMPL(dynnorm, Autograd, m) {
+namespace dynnorm {
+
+// Called by the module's init (ops.cpp).
+void register_autograd_kernels(torch::Library& m) {
   for (const char* op : {"switch_norm", "sparse_switch_norm", "exemplar_norm", "dynamic_norm", "dynamic_affine_norm",
                          "associate_norm"}) {
-    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&dynnorm::autograd_kernel>());
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
   }
 }
+
+}  // namespace dynnorm

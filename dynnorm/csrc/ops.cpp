@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <memory>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -504,24 +505,50 @@ std::vector<Tensor> associate_norm_backward(const Tensor& grad_y, const Tensor& 
 }  // namespace
 }  // namespace dynnorm
 
-// The schemas are defined by dynnorm/kernels/schemas.py before this library is loaded.
-TORCH_LIBRARY_IMPL(dynnorm, CPU, m) {
-  m.impl("switch_norm", &dynnorm::switch_norm);
-  m.impl("switch_norm_backward", &dynnorm::switch_norm_backward);
-  m.impl("sparse_switch_norm", &dynnorm::sparse_switch_norm);
-  m.impl("sparse_switch_norm_backward", &dynnorm::sparse_switch_norm_backward);
-  m.impl("exemplar_norm", &dynnorm::exemplar_norm);
-  m.impl("exemplar_norm_backward", &dynnorm::exemplar_norm_backward);
-  m.impl("dynamic_norm", &dynnorm::dynamic_norm);
-  m.impl("dynamic_norm_backward", &dynnorm::dynamic_norm_backward);
-  m.impl("dynamic_affine_norm", &dynnorm::dynamic_affine_norm);
-  m.impl("dynamic_affine_norm_backward", &dynnorm::dynamic_affine_norm_backward);
-  m.impl("associate_norm", &dynnorm::associate_norm);
-  m.impl("associate_norm_backward", &dynnorm::associate_norm_backward);
+namespace dynnorm {
+
+// Registers the CPU implementations of the operators that dynnorm/kernels/ops.py defined before importing this
+// module. Called from the module's init (not from static initializers) so that a build older than the Python
+// schemas fails the import with an ImportError, which dynnorm.kernels.cpu turns into the reference ops.
+void register_cpu_kernels(torch::Library& m) {
+  m.impl("switch_norm", &switch_norm);
+  m.impl("switch_norm_backward", &switch_norm_backward);
+  m.impl("sparse_switch_norm", &sparse_switch_norm);
+  m.impl("sparse_switch_norm_backward", &sparse_switch_norm_backward);
+  m.impl("exemplar_norm", &exemplar_norm);
+  m.impl("exemplar_norm_backward", &exemplar_norm_backward);
+  m.impl("dynamic_norm", &dynamic_norm);
+  m.impl("dynamic_norm_backward", &dynamic_norm_backward);
+  m.impl("dynamic_affine_norm", &dynamic_affine_norm);
+  m.impl("dynamic_affine_norm_backward", &dynamic_affine_norm_backward);
+  m.impl("associate_norm", &associate_norm);
+  m.impl("associate_norm_backward", &associate_norm_backward);
 }
 
-// An importable module, so that `import dynnorm._C` loads the library and runs the registrations above.
+void register_autograd_kernels(torch::Library& m);  // autograd.cpp
+
+}  // namespace dynnorm
+
+// `import dynnorm._C` registers the implementations above and the autograd of autograd.cpp.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static std::unique_ptr<torch::Library> cpu, autograd;
+  try {
+    if (!cpu) {
+      cpu = std::make_unique<torch::Library>(torch::Library::IMPL, "dynnorm", c10::DispatchKey::CPU, __FILE__,
+                                             __LINE__);
+      dynnorm::register_cpu_kernels(*cpu);
+      autograd = std::make_unique<torch::Library>(torch::Library::IMPL, "dynnorm", c10::DispatchKey::Autograd,
+                                                  __FILE__, __LINE__);
+      dynnorm::register_autograd_kernels(*autograd);
+    }
+  } catch (const std::exception& error) {
+    cpu.reset();
+    autograd.reset();
+    PyErr_Format(PyExc_ImportError,
+                 "dynnorm._C does not match this version of dynnorm (rebuild it: pip install --no-build-isolation "
+                 "-e .): %s", error.what());
+    return nullptr;
+  }
   return PyModule_Create(&module);
 }
