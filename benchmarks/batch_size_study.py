@@ -14,7 +14,8 @@ Lightning with :class:`tasks.classification.ImageClassifier` without validation,
 change the result). Every normalizer is built by its registry name (:func:`dynnorm.create_norm`); GN and
 AssocNorm use 8 groups (the network's narrowest layers have 16 channels). With
 batch size 1 in the study, every ``--batch1-norms`` normalizer (default: SN with ``using_bn=False``, the SN
-paper's setting for one image per device, row ``SN (no BN)``) also runs at batch size 1, as a row of its own.
+paper's setting for one image per device, row ``SN (no BN)``; ``DN_IN``, DN started next to InstanceNorm, is
+DN's counterpart, row ``DN (IN start)``) also runs at batch size 1, as a row of its own.
 ``--norms`` also takes SSN and DNC.
 
 Datasets (``--dataset``):
@@ -67,7 +68,8 @@ from benchmarks.results_io import REPO_ROOT, RESULTS_DIR, command_line, write_at
 
 #: Settings of the study that are not a registry name alone: study name -> (row label, ``norm`` setting of
 #: :class:`ImageClassifier`).
-VARIANTS: dict[str, tuple[str, dict]] = {"SN_noBN": ("SN (no BN)", {"type": "SN", "using_bn": False})}
+VARIANTS: dict[str, tuple[str, dict]] = {"SN_noBN": ("SN (no BN)", {"type": "SN", "using_bn": False}),
+                                         "DN_IN": ("DN (IN start)", {"type": "DN", "init": "in"})}
 GROUPED = ("GN", "AssocNorm")  # 8 groups
 #: The study's names in table order: every registry name of a layer family, each followed by its variants.
 NORMS = [study_name for name in dynnorm.list_norms(sync=False, torch_layers=True)
@@ -321,16 +323,22 @@ def plot(table: dict[tuple[str, int], dict], baseline: float, title: str, path: 
     plt.close(figure)
 
 
-def _diagnostic_cells(runs: list[dict], kind: str) -> dict[int, list[dict]]:
-    """``{batch_size: [per-layer diagnostics of every seed's run]}`` of the runs that recorded ``kind``."""
-    cells: dict[int, list[dict]] = {}
+def _diagnostic_cells(runs: list[dict], kind: str) -> dict[tuple[str, int], list[dict[str, dict]]]:
+    """``{(norm, batch_size): [each seed's per-layer diagnostics]}`` of the runs that recorded ``kind``, in
+    table order."""
+    cells: dict[tuple[str, int], list[dict[str, dict]]] = {}
     for run in runs:
-        cells.setdefault(run["batch_size"], []).extend(run.get("diagnostics", {}).get(kind, {}).values())
-    return {b: layers for b, layers in sorted(cells.items()) if layers}
+        if kind in run.get("diagnostics", {}):
+            cells.setdefault((run["norm"], run["batch_size"]), []).append(run["diagnostics"][kind])
+    return dict(sorted(cells.items(), key=lambda item: (NORMS.index(item[0][0]), item[0][1])))
+
+
+def _layers(seeds: list[dict[str, dict]]) -> list[dict]:
+    return [layer for seed in seeds for layer in seed.values()]
 
 
 def diagnostics_markdown(runs: list[dict]) -> str:
-    """Tables of the recorded layer diagnostics per batch size: AssocNorm's dead and saturated auto-encoder
+    """Tables of the recorded layer diagnostics per normalizer and batch size: AssocNorm's dead and saturated auto-encoder
     units (%, mean over seeds and layers) and DN's batch gates and pooled channels (mean, and the range over
     layers and seeds)."""
     parts = []
@@ -341,26 +349,28 @@ def diagnostics_markdown(runs: list[dict]) -> str:
         parts += [f"AssocNorm auto-encoder after training, on {DIAGNOSTIC_IMAGES} test images (% of the values; "
                   "mean over seeds and layers, max over them in brackets; saturated: more than 95% of the way to the "
                   "activation's bound):", "",
-                  "| batch size | " + " | ".join(text for _, text in columns) + " |", "|---:|" + "---:|" * len(columns)]
-        for b, layers in saturation.items():
-            values = [[100 * layer[key] for layer in layers] for key, _ in columns]
-            parts.append(f"| {b} | " + " | ".join(f"{statistics.fmean(v):.0f} [{max(v):.0f}]" for v in values) + " |")
+                  "| normalizer | batch size | " + " | ".join(text for _, text in columns) + " |",
+                  "|---|---:|" + "---:|" * len(columns)]
+        for (norm, b), seeds in saturation.items():
+            values = [[100 * layer[key] for layer in _layers(seeds)] for key, _ in columns]
+            parts.append(f"| {label(norm)} | {b} | "
+                         + " | ".join(f"{statistics.fmean(v):.0f} [{max(v):.0f}]" for v in values) + " |")
     mixture = _diagnostic_cells(runs, "dn_mixture")
     if mixture:
         parts += ["" if parts else None, "DN gates after training (mean over seeds and layers, range over them in "
                   "brackets): the batch gate (1: BN's statistics) and the channels each statistic pools (1: IN/BN):",
-                  "", "| batch size | batch gate, mean | batch gate, variance | pooled channels, mean | "
-                  "pooled channels, variance |", "|---:|---:|---:|---:|---:|"]
-        for b, layers in mixture.items():
-            values = [[layer[kind][key] for layer in layers] for key in ("batch", "pooled_channels")
+                  "", "| normalizer | batch size | batch gate, mean | batch gate, variance | pooled channels, mean | "
+                  "pooled channels, variance |", "|---|---:|---:|---:|---:|---:|"]
+        for (norm, b), seeds in mixture.items():
+            values = [[layer[kind][key] for layer in _layers(seeds)] for key in ("batch", "pooled_channels")
                       for kind in ("mean", "var")]
-            parts.append(f"| {b} | " + " | ".join(f"{statistics.fmean(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
-                                                   for v in (values[0], values[1], values[2], values[3])) + " |")
+            parts.append(f"| {label(norm)} | {b} | "
+                         + " | ".join(f"{statistics.fmean(v):.2f} [{min(v):.2f}-{max(v):.2f}]" for v in values) + " |")
     return "\n".join(part for part in parts if part is not None)
 
 
 def plot_diagnostics(runs: list[dict], path: Path) -> bool:
-    """Per layer, mean over seeds, one line per batch size: AssocNorm's saturated tanh (shift) share and DN's
+    """Per layer, mean over seeds, one line per normalizer and batch size: AssocNorm's saturated tanh (shift) share and DN's
     batch gate (mean path; the variance path dashed). Returns whether there was anything to plot."""
     panels = [(kind, title) for kind, title in (
         ("assocnorm_saturation", "AssocNorm: tanh (shift) outputs saturated"),
@@ -374,11 +384,7 @@ def plot_diagnostics(runs: list[dict], path: Path) -> bool:
 
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for axis, (kind, title) in zip(axes[0], panels):
-        per_batch: dict[int, list[dict]] = {}
-        for run in runs:
-            if kind in run.get("diagnostics", {}):
-                per_batch.setdefault(run["batch_size"], []).append(run["diagnostics"][kind])
-        for b, seeds in sorted(per_batch.items()):
+        for (norm, b), seeds in _diagnostic_cells(runs, kind).items():
             names = list(seeds[0])
             colour = None
             series = [("saturated_shift", "-")] if kind == "assocnorm_saturation" else [("mean", "-"), ("var", "--")]
@@ -387,7 +393,7 @@ def plot_diagnostics(runs: list[dict], path: Path) -> bool:
                     lambda layer: layer[key]["batch"])
                 line, = axis.plot(range(1, len(names) + 1), [statistics.fmean(value(s[n]) for s in seeds) for n in names],
                                   style, marker="o", markersize=3, color=colour,
-                                  label=f"bs {b}" if style == "-" else None)
+                                  label=f"{label(norm)}, bs {b}" if style == "-" else None)
                 colour = line.get_color()
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("normalization layer (model order)")

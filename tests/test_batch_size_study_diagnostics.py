@@ -31,7 +31,8 @@ def test_study_records_layer_diagnostics_and_reruns_a_changed_layer(tmp_path):
     gates = runs["DN"]["diagnostics"]["dn_mixture"]
     assert len(gates) == 9 and all(0.9 < layer["mean"]["batch"] < 1 for layer in gates.values())  # near the BN start
     table = out.with_suffix(".md").read_text()
-    assert "| batch size | sigmoid (scale) saturated |" in table and "| batch size | batch gate, mean |" in table
+    assert "| normalizer | batch size | sigmoid (scale) saturated |" in table and "| AssocNorm | 4 | " in table
+    assert "| normalizer | batch size | batch gate, mean |" in table and "| DN | 4 | 0.9" in table
     assert (out.parent / "study_diagnostics.png").stat().st_size > 10_000
 
     # --rerun: the recorded runs of a changed layer are trained again, the others kept.

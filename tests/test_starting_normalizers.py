@@ -76,7 +76,7 @@ def test_associate_norm_paper_initialisation_is_kept():
 
 
 @pytest.mark.parametrize("cls, message", [(dynnorm.AssociateNorm2d, r"init must be one of 'gn', 'paper', got 'bn'"),
-                                          (dynnorm.DynamicNorm2d, r"init must be one of 'bn', 'half', got 'gn'")])
+                                          (dynnorm.DynamicNorm2d, r"init must be one of 'bn', 'in', 'half', got 'gn'")])
 def test_unknown_init_is_named(cls, message):
     with pytest.raises(ValueError, match=message):
         cls(16, init="bn" if cls is dynnorm.AssociateNorm2d else "gn")
@@ -92,10 +92,11 @@ def _pooling_matrix(batch_gate, channel_gates, factors, n):
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fused", "reference"])
+@pytest.mark.parametrize("init, batch_logit", [("bn", 3.0), ("in", -3.0)])
 @pytest.mark.parametrize("channels, n", [(16, 4), (12, 3), (24, 2), (8, 1)])
-def test_new_dynamic_norm_pools_the_statistics_its_note_states(channels, n, fast):
-    layer = _affine(dynnorm.DynamicNorm2d(channels, dtype=torch.float64))
-    b, g = 1 / (1 + math.exp(-3.0)), 1 / (1 + math.exp(3.0))  # sigmoid(+3), sigmoid(-3)
+def test_new_dynamic_norm_pools_the_statistics_its_note_states(channels, n, init, batch_logit, fast):
+    layer = _affine(dynnorm.DynamicNorm2d(channels, init=init, dtype=torch.float64))
+    b, g = 1 / (1 + math.exp(-batch_logit)), 1 / (1 + math.exp(3.0))  # sigmoid(batch logit), sigmoid(-3)
     gates = layer.gates()
     for kind in ("mean", "var"):
         torch.testing.assert_close(gates[f"{kind}_batch"], torch.tensor(b, dtype=torch.float64), rtol=0, atol=1e-15)
