@@ -43,6 +43,16 @@ def init_head(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> None:
         nn.init.zeros_(tensor)
 
 
+@torch.no_grad()
+def copy_norm_state(source: nn.Module, target: nn.Module) -> None:
+    """Copy ``weight``, ``bias``, ``running_mean``, ``running_var`` and ``num_batches_tracked`` from one norm layer
+    to another where both have them with the same shape."""
+    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        src, dst = getattr(source, name, None), getattr(target, name, None)
+        if isinstance(src, Tensor) and isinstance(dst, Tensor) and src.shape == dst.shape:
+            dst.copy_(src)
+
+
 _EXAMPLE_SHAPES = {2: "4, 16", 3: "2, 16, 7", 4: "2, 16, 8, 8", 5: "2, 16, 3, 4, 4"}
 _INPUT_SHAPES = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
 
@@ -187,13 +197,14 @@ class DynNormBase(nn.Module):
         parameters and statistics copied), or ``None`` when there is none."""
         return None
 
-    @torch.no_grad()
+    def load_torch_state(self, source: nn.Module) -> None:
+        """Take over a torch norm layer's affine parameters and running statistics (those with matching shapes),
+        as :func:`dynnorm.convert` does for the layer it replaces."""
+        copy_norm_state(source, self)
+
     def _with_state(self, plain: nn.Module) -> nn.Module:
         """``plain`` with this layer's affine parameters, running statistics and training mode."""
-        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-            source, target = getattr(self, name, None), getattr(plain, name, None)
-            if isinstance(source, Tensor) and isinstance(target, Tensor) and source.shape == target.shape:
-                target.copy_(source)
+        copy_norm_state(self, plain)
         return plain.train(self.training)
 
     def __getstate__(self) -> dict:

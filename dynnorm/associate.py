@@ -139,6 +139,30 @@ class AssociateNorm2d(DynNormBase):
         nn.init.zeros_(self.shift_decoder_weight)
         nn.init.constant_(self.weight, 1 - SIGMOID_AT_ZERO)
 
+    def _decoders_are_zero(self) -> bool:
+        return not (self.scale_decoder_weight.any() or self.shift_decoder_weight.any())
+
+    @torch.no_grad()
+    def load_torch_state(self, source: nn.Module) -> None:
+        """Take over a torch norm layer's ``weight``/``bias`` as the rescaling it starts with: with zero decoders
+        ``omega = 1/2 + B_omega``, so ``B_omega = weight - 1/2`` and the layer computes exactly the GroupNorm it
+        replaces (a BatchNorm's affine parameters keep their meaning the same way)."""
+        super().load_torch_state(source)
+        if self._decoders_are_zero() and getattr(source, "weight", None) is not None:
+            self.weight.sub_(SIGMOID_AT_ZERO)
+
+    def torch_equivalent(self) -> nn.Module | None:
+        """``nn.GroupNorm`` with weight ``B_omega + 1/2`` and bias ``B_beta`` while both decoders are zero (a new
+        layer); else ``None``."""
+        if not self._decoders_are_zero():
+            return None
+        plain = nn.GroupNorm(self.num_groups, self.num_features, self.eps, device=self.weight.device,
+                             dtype=self.weight.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(self.weight + SIGMOID_AT_ZERO)
+            plain.bias.copy_(self.bias)
+        return plain.train(self.training)
+
     @torch.no_grad()
     def autoencoder_activations(self, x: Tensor) -> dict[str, Tensor]:
         """The auto-encoder's activations for input ``x`` ``(N, C, H, W)``, in the statistics' dtype:

@@ -4,11 +4,10 @@ from __future__ import annotations
 import inspect
 import itertools
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._base import DynNormBase
+from ._base import DynNormBase, copy_norm_state
 from .registry import DIMENSION_VARIANTS, LayerType, get_norm_layer
 
 _BATCHNORM_DIMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3, nn.SyncBatchNorm: 2}
@@ -60,17 +59,12 @@ def _build_replacement(source: nn.Module, factory, kwargs: dict, path: str) -> n
     if reference is not None:
         inherited.update(device=reference.device, dtype=reference.dtype)
     layer = factory(num_features, **{**_accepted_kwargs(factory, inherited), **kwargs})
-    _copy_state(source, layer)
+    if isinstance(layer, DynNormBase):
+        layer.load_torch_state(source)
+    else:  # a torch layer built by name ('BN', 'GN')
+        copy_norm_state(source, layer)
     layer.train(source.training)
     return layer
-
-
-@torch.no_grad()
-def _copy_state(source: nn.Module, target: nn.Module) -> None:
-    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-        src, dst = getattr(source, name, None), getattr(target, name, None)
-        if isinstance(src, Tensor) and isinstance(dst, Tensor) and src.shape == dst.shape:
-            dst.copy_(src)
 
 
 def convert(model: nn.Module, norm: LayerType, **kwargs) -> nn.Module:
@@ -82,7 +76,8 @@ def convert(model: nn.Module, norm: LayerType, **kwargs) -> nn.Module:
     ``bias``, ``running_mean``, ``running_var`` and ``num_batches_tracked`` are copied when both layers
     have them, so a pretrained network keeps what the method allows: DN-B/DN-C start as exactly the
     BatchNorm they replace; SN/SSN/EN keep the affine parameters and the BN term's running statistics but
-    start from uniform mixtures (as the papers initialise them); DN and AssocNorm change the statistics.
+    start from uniform mixtures (as the papers initialise them); AssocNorm (with its GroupNorm start) starts as
+    exactly a GroupNorm it replaces; DN changes the statistics.
     Returns the converted model (the root itself is replaced when it is a norm layer), like
     ``nn.SyncBatchNorm.convert_sync_batchnorm``.
 

@@ -1,6 +1,8 @@
 """Model conversion BN/GN -> dynnorm and back, optimizer groups."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -32,7 +34,9 @@ def test_convert_replaces_every_batchnorm_and_copies_state(name):
         layer = converted.get_submodule(path)
         assert type(layer) is expected_cls
         assert not layer.training
-        torch.testing.assert_close(layer.weight, bn.weight)
+        # AssocNorm's rescaling is B_omega + 1/2 while its decoders are zero: it starts with the BN's weight
+        start = layer.weight + 0.5 if isinstance(layer, dynnorm.AssociateNorm2d) else layer.weight
+        torch.testing.assert_close(start, bn.weight)
         torch.testing.assert_close(layer.bias, bn.bias)
         if layer.track_running_stats:
             torch.testing.assert_close(layer.running_mean, bn.running_mean)
@@ -119,3 +123,20 @@ def test_one_hot_layers_revert_to_the_batchnorm_of_their_dimension(cls, expected
         layer.mean_weight.copy_(torch.tensor([-1e4, -1e4, 1e4]))
         layer.var_weight.copy_(torch.tensor([-1e4, -1e4, 1e4]))
     assert type(dynnorm.torch_equivalent(layer)) is expected
+
+
+def test_associate_norm_converted_from_groupnorm_starts_as_it_and_reverts_to_it():
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.GroupNorm(8, 32), nn.ReLU()).double()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.normal_()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    converted = dynnorm.convert(copy.deepcopy(model), "AssocNorm")
+    assert isinstance(converted[1], dynnorm.AssociateNorm2d) and converted[1].num_groups == 8
+    torch.testing.assert_close(converted(x), model(x), rtol=1e-12, atol=1e-12)
+    reverted = dynnorm.revert(copy.deepcopy(converted))
+    assert type(reverted[1]) is nn.GroupNorm
+    torch.testing.assert_close(reverted(x), model(x), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # once its decoders have learned something it is no longer a GroupNorm
+        converted[1].scale_decoder_weight.fill_(0.1)
+    assert converted[1].torch_equivalent() is None

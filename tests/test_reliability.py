@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import dynnorm
-from layer_cases import CASES, REFERENCE_CASES, randomize
+from layer_cases import CASES, randomize
 
 FUSED_BACKWARD = "dynnorm::"
 
