@@ -18,10 +18,10 @@ extents of the masks.
 a random grey level covered with ``background_fragments`` fragments cut from other garments of the same
 split (a random 6-14 pixel square of a random image, scaled like the garments, its pixels above
 ``threshold`` pasted with a gain in ``[background_min_gain, background_max_gain]``), then Gaussian noise of
-standard deviation ``noise`` over the whole image. The fragments have the garments' own texture and edges
-and their intensities overlap the garments' (gains ``[min_gain, 1]``), so a pixel's value does not say
-whether it is garment or background: a model must see a garment's whole outline, as in real scenes where
-the background is made of the same kind of stuff as the objects.
+standard deviation ``noise`` over the whole image. The fragments have the garments' own texture and edges,
+and their pixel values overlap the garments' (a bright fragment is brighter than a dark garment), so a
+pixel's value does not say whether it is garment or background: a model must see a garment's whole outline,
+as in real scenes where the background is made of the same kind of stuff as the objects.
 
 **Splits.** Training scenes are made only of the official 60,000 training images (garments and background
 fragments alike) and validation scenes only of the official 10,000 test images, so no image appears in
@@ -42,7 +42,7 @@ Files under ``root`` (the same scenes for every task):
 Generation is deterministic in the spec (and the files' contents), written once to a temporary folder and
 moved into place, and reused while the manifest matches. The Fashion-MNIST IDX files are found and checked
 as by :class:`tasks.classification.data.FashionMNISTDataModule` (``source_root``, or its search path when
-empty); nothing is downloaded.
+empty; importing that module needs the Lightning extra); nothing is downloaded.
 
     python -m tasks.fashion_scenes [--root data/fashion_scenes] [--num-train 2000] [--source-root DIR] ...
 """
