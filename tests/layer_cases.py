@@ -36,6 +36,17 @@ def randomize(layer: nn.Module) -> nn.Module:
     return layer
 
 
+def ready_to_freeze(channels: int, mean_logits=(0.1, 0.2, 0.6), var_logits=(0.3, 0.2, 0.1)) -> nn.Module:
+    """An SSN whose mixtures become one-hot, and so freeze, in its next training step: uneven logits and the
+    largest SparsestMax radius (mean on BN, variance on IN by default)."""
+    layer = dynnorm.SparseSwitchNorm2d(channels)
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.tensor(mean_logits))
+        layer.var_weight.copy_(torch.tensor(var_logits))
+    dynnorm.set_sparsestmax_radius(layer, 1.0)
+    return layer
+
+
 def _running(layer: nn.Module):
     if layer.training or not getattr(layer, "track_running_stats", False):
         return None, None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import dynnorm
-from layer_cases import BATCH_CASES, randomize
+from layer_cases import BATCH_CASES, randomize, ready_to_freeze
 
 
 def _as_batchnorm(layer: dynnorm.SwitchNorm2d) -> dynnorm.SwitchNorm2d:
@@ -59,11 +59,7 @@ def test_untracked_training_leaves_the_buffers_alone_and_evaluation_still_uses_t
 
 
 def test_sparse_switchnorm_reset_parameters_unfreezes_and_resets_the_radius():
-    layer = dynnorm.SparseSwitchNorm2d(8)
-    with torch.no_grad():
-        layer.mean_weight.copy_(torch.tensor([0.1, 0.2, 0.6]))
-        layer.var_weight.copy_(torch.tensor([0.3, 0.2, 0.1]))
-    dynnorm.set_sparsestmax_radius(layer, 1.0)
+    layer = ready_to_freeze(8)
     layer(torch.randn(4, 8, 3, 3)).sum().backward()
     assert bool(layer.mean_fixed) and bool(layer.var_fixed) and float(layer.radius) == 1.0
     layer.reset_parameters()

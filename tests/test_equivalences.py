@@ -7,7 +7,7 @@ import torch.nn.functional as tF
 from torch import nn
 
 import dynnorm
-from layer_cases import randomize
+from layer_cases import randomize, ready_to_freeze
 
 INF = 1e4  # softmax/sigmoid of +-1e4 is exactly one-hot / 0 / 1 in float64
 
@@ -240,11 +240,7 @@ def test_sparsemax_and_sparsestmax():
 
 
 def test_sparse_switchnorm_becomes_one_hot_freezes_and_reverts_to_torch():
-    layer = dynnorm.SparseSwitchNorm2d(8)
-    with torch.no_grad():
-        layer.mean_weight.copy_(torch.tensor([0.1, 0.2, 0.6]))
-        layer.var_weight.copy_(torch.tensor([0.1, 0.2, 0.6]))
-    dynnorm.set_sparsestmax_radius(layer, 1.0)
+    layer = ready_to_freeze(8, var_logits=(0.1, 0.2, 0.6))
     x = torch.randn(4, 8, 5, 5)
     layer(x).sum().backward()
     assert bool(layer.mean_fixed) and bool(layer.var_fixed)

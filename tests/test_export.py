@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import dynnorm
-from layer_cases import CASES, randomize
+from layer_cases import CASES, randomize, ready_to_freeze
 
 CHANNELS = 8
 ONNX_AVAILABLE = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
@@ -57,11 +57,7 @@ def test_sparse_switchnorm_compiles_with_fullgraph_and_exports(training):
 
 def test_sparse_switchnorm_freezes_the_same_way_compiled_and_eager():
     torch._dynamo.reset()
-    layer = dynnorm.SparseSwitchNorm2d(CHANNELS)
-    with torch.no_grad():
-        layer.mean_weight.copy_(torch.tensor([0.1, 0.2, 0.6]))
-        layer.var_weight.copy_(torch.tensor([0.3, 0.2, 0.1]))
-    dynnorm.set_sparsestmax_radius(layer, 1.0)
+    layer = ready_to_freeze(CHANNELS)
     eager, compiled_layer = copy.deepcopy(layer), copy.deepcopy(layer)
     compiled = torch.compile(compiled_layer, fullgraph=True, backend="aot_eager")
     x = _x()
