@@ -26,10 +26,14 @@ Files and names
     ``dynamic.py``. Each defines ``@triton.jit`` device functions for its math (private names, ``_<layer>_...``),
     two kernels ``_<layer>_forward_kernel`` and ``_<layer>_backward_kernel``, and the two public Python functions
     ``<layer>(...)`` and ``<layer>_backward(...)`` with the contract's positional parameters. Shared pieces live
-    in ``passes.py`` (the kernels over the input, the prologue/epilogue device functions, the Python plans
-    :class:`~dynnorm.kernels.triton.passes.Forward` / :class:`~dynnorm.kernels.triton.passes.Backward`) and
-    ``small.py`` (device math on small vectors and ``(N, C)`` tiles: pooled moments over channels, softmax of a
-    few logits, SparsestMax, ...). Add a layer's public functions to ``_LAYER_MODULES`` below.
+    in ``passes.py`` (the kernels over the input; the device functions of the buffers: the prologue/epilogue,
+    region pointers, a channel block's gradient stores; the Python plans
+    :class:`~dynnorm.kernels.triton.passes.Forward` / :class:`~dynnorm.kernels.triton.passes.Backward` and the
+    host-side helpers ``optional``, ``affine_meta``, ``grad_like``, ``check_head``) and ``small.py`` (device math
+    on small vectors and ``(N, C)`` tiles: tile indices and masks, the statistics and affine parameters on a tile,
+    pooled moments over channels or groups, activations, a learned head's hidden unit, softmax of a few logits,
+    SparsestMax, ...); layer modules do not import from one another. Add a layer's public functions to
+    ``_LAYER_MODULES`` below.
 
 Buffers (all in the accumulation dtype ``acc = stats_ptr.dtype.element_ty``: float32, float64 for float64 inputs)
     ``stats`` (returned): ``mean[N*C] | var[N*C] | bn_mean[C] | bn_var[C] | R[1]``, index ``n * C + c``;
@@ -63,7 +67,8 @@ Backward math kernel (one program)::
         backward_prologue(part_ptr, work_ptr, N, C, S, BLOCK_N, BLOCK_C)  # writes g_shift, g_scale; barrier
         <the layer's closed-form backward (dynnorm/csrc/layers.h): read g_shift = sum(dy) and
          g_scale = sum(dy * ((x - R) - m)) from work; write scale, g_mean, g_var (every element),
-         g_bn_mean, g_bn_var (every element when the layer has a BN term) and each parameter's gradient>
+         g_bn_mean, g_bn_var (every element when the layer has a BN term) and each parameter's gradient
+         (per channel block: store_channel_gradients writes the weight's, bias's and BN term's)>
         backward_epilogue(stats_ptr, work_ptr, N, C, L, FOLD_BN, BLOCK_N, BLOCK_C)  # barrier; BN fold; a, b
 
     ``g_mean``/``g_var`` are the gradients of the instance moments from the layer's math alone; the epilogue adds
@@ -75,16 +80,16 @@ Python side (see ``switch.py``)::
     def layer(x, weight, bias, ..., running_mean, running_var, training, eps, ...):
         plan = passes.Forward(x, has_bn=True, running_mean=running_mean, running_var=running_var,
                               training=training, scratch=0)                 # launch 1 (moments)
-        w, has_w = passes.optional(weight, plan.stats)
-        launch(_layer_forward_kernel, (1,), *plan.math_args(), w, ..., float(eps),
-               **plan.math_meta, HAS_WEIGHT=has_w, ...)                      # launch 2
-        return plan.normalize(), plan.stats, plan.batch                      # launch 3 (+ extra outputs)
+        plan.launch_math(_layer_forward_kernel, passes.optional(weight, plan.stats),
+                         passes.optional(bias, plan.stats), ..., float(eps),
+                         **passes.affine_meta(weight, bias), ...)           # launch 2: plan.math_args() first
+        return plan.outputs(<extra outputs>)                                # launch 3: (y, stats, batch, ...)
 
     def layer_backward(grad_y, x, stats, weight, ..., batch_from_input, eps, ..., input_grad):
         plan = passes.Backward(grad_y, x, stats, fold_bn=batch_from_input, input_grad=input_grad)  # launch 1
-        d_weight = passes.grad_like(weight)      # empty (numel 0) when the parameter is absent
-        launch(_layer_backward_kernel, (1,), *plan.math_args(), ..., **plan.math_meta, ...)     # launch 2
-        return plan.input_gradient(), d_weight, ...                          # launch 3 (if input_grad)
+        d_weight = passes.grad_like(weight, stats)  # empty (numel 0) when the parameter is absent
+        plan.launch_math(_layer_backward_kernel, ..., d_weight, ..., **passes.affine_meta(weight, bias), ...)
+        return plan.outputs(d_weight, ...)          # launch 3 (if input_grad): (dx, d_weight, ...)
 
 Rules for the math
     * Loop over ``(N, C)`` in ``[BLOCK_N, BLOCK_C]`` tiles (``for n0 in range(0, N, BLOCK_N)``, masks on both axes);
@@ -93,8 +98,9 @@ Rules for the math
       A value one phase needs from another phase's reduction goes through ``scratch`` with a
       ``tl.debug_barrier()`` between the phases (one program: the barrier makes the stores visible).
     * Arithmetic in ``acc``: load parameters with ``.to(acc)``; store gradients with
-      ``.to(out_ptr.dtype.element_ty)`` into tensors from :func:`passes.grad_like` (the parameter's dtype and
-      shape). Absent optional tensors: pass :func:`passes.optional`'s placeholder and a ``HAS_...`` constexpr.
+      ``.to(out_ptr.dtype.element_ty)`` (:func:`small.store_cast`) into tensors from :func:`passes.grad_like` (the
+      parameter's dtype and shape). Absent optional tensors: pass :func:`passes.optional`'s placeholder and a
+      ``HAS_...`` constexpr (:func:`passes.affine_meta` for the weight and bias).
     * Python floats reach kernels as float32; ints as int32/int64. Every shape-derived choice is made on the host
       from shapes; nothing reads a tensor value on the host; no data-dependent Python branches.
     * One value per (n, c) (``L == 1``): leave IN out as :mod:`dynnorm.functional` does (a ``SINGLE`` constexpr).

@@ -15,10 +15,10 @@ import triton.language as tl
 from torch import Tensor
 
 from . import passes
-from .dynamic import group_moments, group_tile, pow2, tile_rows
-from .exemplar import columns, relu, rows, rsqrt, sigmoid, store_cast, tanh, tile
-from .passes import backward_epilogue, backward_prologue, forward_prologue, stats_regions, work_regions
-from .runtime import launch
+from .passes import (backward_epilogue, backward_prologue, forward_prologue, stats_regions, store_channel_gradients,
+                     work_regions)
+from .small import (columns, group_moments, group_tile, pow2, relu, rows, rsqrt, sigmoid, store_cast, tanh, tile,
+                    tile_rows)
 
 __all__ = ["associate_norm", "associate_norm_backward"]
 
@@ -73,6 +73,13 @@ def _key_regions(scratch_ptr, reference, NG, SCALE_FROM_MEAN: tl.constexpr):
 
 
 @triton.jit
+def _offset_tile(ptr, offset, offsets, mask):
+    """An ``(N, G)`` region's values on a tile plus ``offset`` (a key feature: :func:`_key_regions`), 0 where
+    masked."""
+    return tl.where(mask, tl.load(ptr + offsets, mask=mask, other=0.0) + offset, 0.0)
+
+
+@triton.jit
 def _group_contraction(a_ptr, a_offset, wa_ptr, b_ptr, b_offset, wb_ptr, first, group_stride, n, n_mask, G,
                        DT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """``sum_g (A[n, g] + a_offset) Wa[first + g group_stride]`` for samples ``n``, and the same for ``B``/``Wb``
@@ -82,10 +89,10 @@ def _group_contraction(a_ptr, a_offset, wa_ptr, b_ptr, b_offset, wb_ptr, first, 
     for g0 in range(0, G, BLOCK_C):
         g, g_mask = columns(g0, G, BLOCK_C)
         offsets, mask = tile(n, n_mask, g, g_mask, G)
-        a = tl.where(mask, tl.load(a_ptr + offsets, mask=mask, other=0.0) + a_offset, 0.0)
-        b = tl.where(mask, tl.load(b_ptr + offsets, mask=mask, other=0.0) + b_offset, 0.0)
-        a_acc += a * tl.load(wa_ptr + first + g * group_stride, mask=g_mask, other=0.0).to(DT)[None, :]
-        b_acc += b * tl.load(wb_ptr + first + g * group_stride, mask=g_mask, other=0.0).to(DT)[None, :]
+        a_acc += _offset_tile(a_ptr, a_offset, offsets, mask) * tl.load(
+            wa_ptr + first + g * group_stride, mask=g_mask, other=0.0).to(DT)[None, :]
+        b_acc += _offset_tile(b_ptr, b_offset, offsets, mask) * tl.load(
+            wb_ptr + first + g * group_stride, mask=g_mask, other=0.0).to(DT)[None, :]
     return tl.sum(a_acc, axis=1), tl.sum(b_acc, axis=1)
 
 
@@ -131,6 +138,17 @@ def _autoencoder(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_
 
 
 @triton.jit
+def _group_values(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_ptr, shift_decoder_ptr,
+                  SCALE_FROM_MEAN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_S: tl.constexpr):
+    """The forward's ``(N, G)`` values and embeddings into scratch: the group moments, then the auto-encoder's
+    embeddings, ``omega`` and ``beta``."""
+    _group_statistics(stats_ptr, scratch_ptr, N, C, G, BLOCK_N, BLOCK_C, BLOCK_S)
+    _autoencoder(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_ptr, shift_decoder_ptr,
+                 SCALE_FROM_MEAN, BLOCK_N, BLOCK_C)
+
+
+@triton.jit
 def _channel_groups(scratch_ptr, n, c, mask, G, S, NG, value: tl.constexpr):
     """Scratch value ``value`` (an ``(N, G)`` region) of each element's group on an ``(N, C)`` tile."""
     return tl.load(scratch_ptr + value * NG + n[:, None] * G + (c // S)[None, :], mask=mask, other=0.0)
@@ -143,13 +161,12 @@ def _associate_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr
     """AssocNorm forward math: ``scale = (omega + B_omega) rsqrt(var_GN + eps)``,
     ``shift = beta + B_beta + (mu - mu_GN) scale`` into ``coef``. ``encoder (E, G)``, decoders ``(G, E)``,
     ``weight``/``bias`` ``(C,)`` (``B_omega``/``B_beta``); scratch: :func:`_associate_scratch`."""
-    mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
+    mean_ptr, _, _, _, _ = stats_regions(stats_ptr, N, C)
     DT = stats_ptr.dtype.element_ty
     S = C // G
     NG = N * G
-    _group_statistics(stats_ptr, scratch_ptr, N, C, G, BLOCK_N, BLOCK_C, BLOCK_S)
-    _autoencoder(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_ptr, shift_decoder_ptr,
-                 SCALE_FROM_MEAN, BLOCK_N, BLOCK_C)
+    _group_values(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_ptr, shift_decoder_ptr,
+                  SCALE_FROM_MEAN, BLOCK_N, BLOCK_C, BLOCK_S)
     for n0 in range(0, N, BLOCK_N):
         n, n_mask = rows(n0, N, BLOCK_N)
         for c0 in range(0, C, BLOCK_C):
@@ -255,8 +272,8 @@ def _autoencoder_backward(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale
             for n0 in range(0, N, BLOCK_N):
                 n, n_mask = rows(n0, N, BLOCK_N)
                 offsets, mask = tile(n, n_mask, g, g_mask, G)
-                scale_key = tl.where(mask, tl.load(scale_key_ptr + offsets, mask=mask, other=0.0) + scale_offset, 0.0)
-                shift_key = tl.where(mask, tl.load(shift_key_ptr + offsets, mask=mask, other=0.0) + shift_offset, 0.0)
+                scale_key = _offset_tile(scale_key_ptr, scale_offset, offsets, mask)
+                shift_key = _offset_tile(shift_key_ptr, shift_offset, offsets, mask)
                 scale_embedding = embeddings_ptr + (_SCALE_EMBEDDING * E + unit) * N + n
                 shift_embedding = embeddings_ptr + (_SHIFT_EMBEDDING * E + unit) * N + n
                 g_encoder += (tl.load(embeddings_ptr + (_G_SCALE_EMBEDDING * E + unit) * N + n, mask=n_mask,
@@ -281,15 +298,13 @@ def _associate_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr,
     """AssocNorm backward math: from ``g_shift``/``g_scale`` in ``work`` to ``scale``, ``g_mean``, ``g_var`` in
     ``work`` (``g_bn_mean``/``g_bn_var`` 0: no BN term) and every parameter's gradient
     (``AssociateNorm::backward``)."""
-    mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
-    g_shift_ptr, g_scale_ptr, scale_ptr, g_mean_ptr, g_var_ptr, g_bn_mean_ptr, g_bn_var_ptr = work_regions(
-        work_ptr, N, C)
+    mean_ptr, _, _, _, _ = stats_regions(stats_ptr, N, C)
+    g_shift_ptr, g_scale_ptr, scale_ptr, g_mean_ptr, g_var_ptr, _, _ = work_regions(work_ptr, N, C)
     DT = stats_ptr.dtype.element_ty
     S = C // G
     NG = N * G
-    _group_statistics(stats_ptr, scratch_ptr, N, C, G, BLOCK_N, BLOCK_C, BLOCK_S)
-    _autoencoder(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_ptr, shift_decoder_ptr,
-                 SCALE_FROM_MEAN, BLOCK_N, BLOCK_C)
+    _group_values(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_ptr, shift_decoder_ptr,
+                  SCALE_FROM_MEAN, BLOCK_N, BLOCK_C, BLOCK_S)
     _group_sums_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, G, eps, BLOCK_N, BLOCK_C, BLOCK_S)
     _autoencoder_backward(stats_ptr, scratch_ptr, N, C, G, E, encoder_ptr, scale_decoder_ptr, shift_decoder_ptr,
                           g_encoder_ptr, g_scale_decoder_ptr, g_shift_decoder_ptr, SCALE_FROM_MEAN, BLOCK_N, BLOCK_C)
@@ -313,10 +328,8 @@ def _associate_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr,
             tl.store(scale_ptr + offsets, scale, mask=mask)
             tl.store(g_mean_ptr + offsets, g_shift * scale + g_group_mean + 2.0 * g_group_var * to_group, mask=mask)
             tl.store(g_var_ptr + offsets, g_group_var, mask=mask)
-        store_cast(g_weight_ptr, c, c_mask, tl.sum(g_weight, axis=0))
-        store_cast(g_bias_ptr, c, c_mask, tl.sum(g_bias, axis=0))
-        tl.store(g_bn_mean_ptr + c, tl.zeros([BLOCK_C], DT), mask=c_mask)
-        tl.store(g_bn_var_ptr + c, tl.zeros([BLOCK_C], DT), mask=c_mask)
+        store_channel_gradients(work_ptr, N, C, c, c_mask, g_weight_ptr, g_bias_ptr, tl.sum(g_weight, axis=0),
+                                tl.sum(g_bias, axis=0), tl.zeros([BLOCK_C], DT), tl.zeros([BLOCK_C], DT), True, True)
 
 
 # ---- kernels and the functions of the operator contract ----------------------------------------------------------
@@ -378,10 +391,10 @@ def associate_norm(x: Tensor, weight: Tensor, bias: Tensor, encoder_weight: Tens
         "associate_norm", x, weight, bias, encoder_weight, scale_decoder_weight, shift_decoder_weight, num_groups)
     plan = passes.Forward(x, has_bn=False, running_mean=None, running_var=None, training=False,
                           scratch=_associate_scratch(x.shape[0], G, E))
-    launch(_associate_norm_forward_kernel, (1,), *plan.math_args(), weight, bias, encoder_weight,
-           scale_decoder_weight, shift_decoder_weight, G, E, float(eps), **plan.math_meta,
-           SCALE_FROM_MEAN=bool(scale_from_mean), BLOCK_S=_group_block(x, G))
-    return plan.normalize(), plan.stats, plan.batch
+    plan.launch_math(_associate_norm_forward_kernel, weight, bias, encoder_weight, scale_decoder_weight,
+                     shift_decoder_weight, G, E, float(eps), SCALE_FROM_MEAN=bool(scale_from_mean),
+                     BLOCK_S=_group_block(x, G))
+    return plan.outputs()
 
 
 def associate_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor,
@@ -396,7 +409,7 @@ def associate_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Te
                            scratch=_associate_scratch(x.shape[0], G, E))
     grads = [passes.grad_like(p, stats) for p in (weight, bias, encoder_weight, scale_decoder_weight,
                                                   shift_decoder_weight)]
-    launch(_associate_norm_backward_kernel, (1,), *plan.math_args(), weight, bias, encoder_weight,
-           scale_decoder_weight, shift_decoder_weight, *grads, G, E, float(eps), **plan.math_meta,
-           SCALE_FROM_MEAN=bool(scale_from_mean), BLOCK_S=_group_block(x, G))
-    return (plan.input_gradient(), *grads)
+    plan.launch_math(_associate_norm_backward_kernel, weight, bias, encoder_weight, scale_decoder_weight,
+                     shift_decoder_weight, *grads, G, E, float(eps), SCALE_FROM_MEAN=bool(scale_from_mean),
+                     BLOCK_S=_group_block(x, G))
+    return plan.outputs(*grads)

@@ -18,25 +18,15 @@ import triton.language as tl
 from torch import Tensor
 
 from . import passes
-from .exemplar import affine_columns, affine_meta, columns, instance_tile, rows, rsqrt, sigmoid, store_cast, tile
-from .passes import backward_epilogue, backward_prologue, forward_prologue, stats_regions, work_regions
-from .runtime import launch
+from .passes import (backward_epilogue, backward_prologue, forward_prologue, stats_regions, store_channel_gradients,
+                     work_regions)
+from .small import (affine_columns, columns, group_moments, group_tile, instance_tile, pow2, rows, rsqrt, sigmoid,
+                    store_cast, tile, tile_rows)
 
 __all__ = ["dynamic_norm", "dynamic_norm_backward"]
 
 
 # ---- groups along one axis --------------------------------------------------------------------------------------
-
-@triton.constexpr_function
-def pow2(value):
-    return triton.next_power_of_2(value)
-
-
-@triton.constexpr_function
-def tile_rows(tile_size, block):
-    """Rows of a tile of ``tile_size`` elements whose rows are ``block`` long (at least 1)."""
-    return max(1, tile_size // block)
-
 
 @triton.constexpr_function
 def _stride(factors, axis):
@@ -45,26 +35,6 @@ def _stride(factors, axis):
     for size in factors[axis + 1:]:
         stride *= size
     return stride
-
-
-@triton.jit
-def group_tile(q0, groups, size, stride, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Offsets ``[BLOCK_Q, BLOCK_K]`` and mask of the groups ``q0 .. q0 + BLOCK_Q`` of ``size`` elements ``stride``
-    apart (a row per group) in an array of ``groups * size`` elements laid out in blocks of ``size * stride``."""
-    q = q0 + tl.arange(0, BLOCK_Q)
-    k = tl.arange(0, BLOCK_K)
-    base = (q // stride) * (size * stride) + q % stride
-    return base[:, None] + k[None, :] * stride, (q < groups)[:, None] & (k < size)[None, :]
-
-
-@triton.jit
-def group_moments(mean, var, mask, size):
-    """Pooled mean and variance of each row of a group tile (law of total variance), and the deviations from the
-    pooled mean (0 where masked)."""
-    pooled = tl.sum(tl.where(mask, mean, 0.0), axis=1) / size
-    deviation = tl.where(mask, mean - pooled[:, None], 0.0)
-    pooled_var = (tl.sum(tl.where(mask, var, 0.0), axis=1) + tl.sum(deviation * deviation, axis=1)) / size
-    return pooled, pooled_var, deviation
 
 
 # ---- the pooling steps ---------------------------------------------------------------------------------------------
@@ -222,8 +192,7 @@ def _dynamic_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, b
     ``g_bn_mean``, ``g_bn_var`` in ``work`` and the gradients of the affine parameters and of the four gate logits
     (``DynamicNorm::backward``)."""
     mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
-    g_shift_ptr, g_scale_ptr, scale_ptr, g_mean_ptr, g_var_ptr, g_bn_mean_ptr, g_bn_var_ptr = work_regions(
-        work_ptr, N, C)
+    g_shift_ptr, g_scale_ptr, scale_ptr, g_mean_ptr, g_var_ptr, _, _ = work_regions(work_ptr, N, C)
     DT = stats_ptr.dtype.element_ty
     K: tl.constexpr = len(FACTORS)
     NC = N * C
@@ -285,12 +254,9 @@ def _dynamic_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, b
             g_bn_var += b_var * gv
             g_b_mean -= g_mean_path * e
             g_b_var += tl.where(mask, -gm * e + gv * (bn_var - var + (1.0 - 2.0 * b_var) * e * e), 0.0)
-        tl.store(g_bn_mean_ptr + c, tl.sum(g_bn_mean, axis=0), mask=c_mask)
-        tl.store(g_bn_var_ptr + c, tl.sum(g_bn_var, axis=0), mask=c_mask)
-        if HAS_WEIGHT:
-            store_cast(g_weight_ptr, c, c_mask, tl.sum(g_weight, axis=0))
-        if HAS_BIAS:
-            store_cast(g_bias_ptr, c, c_mask, tl.sum(g_bias, axis=0))
+        store_channel_gradients(work_ptr, N, C, c, c_mask, g_weight_ptr, g_bias_ptr, tl.sum(g_weight, axis=0),
+                                tl.sum(g_bias, axis=0), tl.sum(g_bn_mean, axis=0), tl.sum(g_bn_var, axis=0),
+                                HAS_WEIGHT, HAS_BIAS)
     store_cast(g_mean_batch_ptr, 0, True, tl.sum(tl.sum(g_b_mean, axis=1), axis=0) * b_mean * (1.0 - b_mean))
     store_cast(g_var_batch_ptr, 0, True, tl.sum(tl.sum(g_b_var, axis=1), axis=0) * b_var * (1.0 - b_var))
 
@@ -352,10 +318,10 @@ def dynamic_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean_gat
                              var_batch_logit)
     plan = passes.Forward(x, has_bn=True, running_mean=running_mean, running_var=running_var, training=training,
                           scratch=_dynamic_scratch(x.shape[0], x.shape[1], factors, backward=False))
-    launch(_dynamic_norm_forward_kernel, (1,), *plan.math_args(), passes.optional(weight, plan.stats)[0],
-           passes.optional(bias, plan.stats)[0], mean_gate_logits, var_gate_logits, mean_batch_logit,
-           var_batch_logit, float(eps), **plan.math_meta, **affine_meta(weight, bias), FACTORS=factors)
-    return plan.normalize(), plan.stats, plan.batch
+    plan.launch_math(_dynamic_norm_forward_kernel, passes.optional(weight, plan.stats),
+                     passes.optional(bias, plan.stats), mean_gate_logits, var_gate_logits, mean_batch_logit,
+                     var_batch_logit, float(eps), **passes.affine_meta(weight, bias), FACTORS=factors)
+    return plan.outputs()
 
 
 def dynamic_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -369,7 +335,7 @@ def dynamic_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tens
                            scratch=_dynamic_scratch(x.shape[0], x.shape[1], factors, backward=True))
     grads = [passes.grad_like(p, stats) for p in (weight, bias, mean_gate_logits, var_gate_logits, mean_batch_logit,
                                                   var_batch_logit)]
-    launch(_dynamic_norm_backward_kernel, (1,), *plan.math_args(), passes.optional(weight, stats)[0],
-           passes.optional(bias, stats)[0], mean_gate_logits, var_gate_logits, mean_batch_logit, var_batch_logit,
-           *grads, float(eps), **plan.math_meta, **affine_meta(weight, bias), FACTORS=factors)
-    return (plan.input_gradient(), *grads)
+    plan.launch_math(_dynamic_norm_backward_kernel, passes.optional(weight, stats), passes.optional(bias, stats),
+                     mean_gate_logits, var_gate_logits, mean_batch_logit, var_batch_logit, *grads, float(eps),
+                     **passes.affine_meta(weight, bias), FACTORS=factors)
+    return plan.outputs(*grads)

@@ -14,10 +14,10 @@ import triton.language as tl
 from torch import Tensor
 
 from . import passes
-from .exemplar import (affine_columns, affine_meta, batch_columns, check_head, columns, hidden_column, instance_tile,
-                       relu, rows, store_cast, tanh, tile)
-from .passes import backward_epilogue, backward_prologue, forward_prologue, stats_regions, work_regions
-from .runtime import launch
+from .passes import (backward_epilogue, backward_prologue, forward_prologue, stats_regions, store_channel_gradients,
+                     work_regions)
+from .small import (batch_columns, columns, hidden_column, instance_tile, relu, rows, standardized_columns,
+                    store_cast, tanh, tile)
 
 __all__ = ["dynamic_affine_norm", "dynamic_affine_norm_backward"]
 
@@ -101,12 +101,11 @@ def _dynamic_affine_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bia
         n, n_mask = rows(n0, N, BLOCK_N)
         row = _generator_rows(n, PER_SAMPLE)
         for c0 in range(0, C, BLOCK_C):
-            c, c_mask = columns(c0, C, BLOCK_C)
+            c, c_mask, bn_mean, rstd_bn, gamma, beta = standardized_columns(
+                c0, C, bn_mean_ptr, bn_var_ptr, weight_ptr, bias_ptr, eps, DT, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
             offsets, mask = tile(n, n_mask, c, c_mask, C)
             delta_gamma, delta_beta = _delta_tile(scratch_ptr, w2_ptr, b2_ptr, row, n_mask, c, c_mask, M, H, C, DT,
                                                   BLOCK_N, BLOCK_C)
-            gamma, beta = affine_columns(weight_ptr, bias_ptr, c, c_mask, DT, HAS_WEIGHT, HAS_BIAS)
-            bn_mean, rstd_bn = batch_columns(bn_mean_ptr, bn_var_ptr, c, c_mask, eps)
             mean = tl.load(mean_ptr + offsets, mask=mask, other=0.0)
             scale = (gamma[None, :] + delta_gamma) * rstd_bn[None, :]
             tl.store(coef_ptr + offsets, scale, mask=mask)
@@ -240,8 +239,7 @@ def _dynamic_affine_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight
     """DN-B/DN-C backward math: from ``g_shift``/``g_scale`` in ``work`` to ``scale``, ``g_mean``, ``g_var``,
     ``g_bn_mean``, ``g_bn_var`` in ``work`` and every parameter's gradient (``DynamicAffineNorm::backward``)."""
     mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
-    g_shift_ptr, g_scale_ptr, scale_ptr, g_mean_ptr, g_var_ptr, g_bn_mean_ptr, g_bn_var_ptr = work_regions(
-        work_ptr, N, C)
+    g_shift_ptr, g_scale_ptr, scale_ptr, g_mean_ptr, g_var_ptr, _, _ = work_regions(work_ptr, N, C)
     DT = stats_ptr.dtype.element_ty
     M = N if PER_SAMPLE else 1
     _hidden_units(stats_ptr, scratch_ptr, N, C, w1_ptr, b1_ptr, H, eps, PER_SAMPLE, BLOCK_N, BLOCK_C)
@@ -250,9 +248,8 @@ def _dynamic_affine_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight
     _head_backward(stats_ptr, scratch_ptr, N, C, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps, PER_SAMPLE, BLOCK_N,
                    BLOCK_C)
     for c0 in range(0, C, BLOCK_C):
-        c, c_mask = columns(c0, C, BLOCK_C)
-        bn_mean, rstd_bn = batch_columns(bn_mean_ptr, bn_var_ptr, c, c_mask, eps)
-        gamma, beta = affine_columns(weight_ptr, bias_ptr, c, c_mask, DT, HAS_WEIGHT, HAS_BIAS)
+        c, c_mask, bn_mean, rstd_bn, gamma, beta = standardized_columns(
+            c0, C, bn_mean_ptr, bn_var_ptr, weight_ptr, bias_ptr, eps, DT, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
         g_weight = tl.zeros([BLOCK_N, BLOCK_C], DT)
         g_bias = tl.zeros([BLOCK_N, BLOCK_C], DT)
         g_bn_mean = tl.zeros([BLOCK_N, BLOCK_C], DT)
@@ -295,12 +292,8 @@ def _dynamic_affine_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight
                                                BLOCK_C)
             g_bn_mean_c += tl.sum(g_lo, axis=0)
             g_bn_var_c += tl.sum(g_hi, axis=0) * 0.5 * rstd_bn
-        tl.store(g_bn_mean_ptr + c, g_bn_mean_c, mask=c_mask)
-        tl.store(g_bn_var_ptr + c, g_bn_var_c, mask=c_mask)
-        if HAS_WEIGHT:
-            store_cast(g_weight_ptr, c, c_mask, tl.sum(g_weight, axis=0))
-        if HAS_BIAS:
-            store_cast(g_bias_ptr, c, c_mask, tl.sum(g_bias, axis=0))
+        store_channel_gradients(work_ptr, N, C, c, c_mask, g_weight_ptr, g_bias_ptr, tl.sum(g_weight, axis=0),
+                                tl.sum(g_bias, axis=0), g_bn_mean_c, g_bn_var_c, HAS_WEIGHT, HAS_BIAS)
 
 
 # ---- kernels and the functions of the operator contract ----------------------------------------------------------
@@ -335,13 +328,13 @@ def dynamic_affine_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, s
                         training: bool, eps: float, per_sample: bool) -> tuple[Tensor, Tensor, Tensor]:
     """DN-B (``per_sample``) / DN-C forward: ``(y, stats, batch)``."""
     C = x.shape[1] if x.dim() >= 2 else 0
-    hidden, sc_w1, sc_w2 = check_head("dynamic_affine_norm", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
+    hidden, sc_w1, sc_w2 = passes.check_head("dynamic_affine_norm", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
     plan = passes.Forward(x, has_bn=True, running_mean=running_mean, running_var=running_var, training=training,
                           scratch=_dynamic_affine_scratch(x.shape[0], C, hidden, per_sample))
-    launch(_dynamic_affine_norm_forward_kernel, (1,), *plan.math_args(), passes.optional(weight, plan.stats)[0],
-           passes.optional(bias, plan.stats)[0], sc_w1, sc_b1, sc_w2, sc_b2, hidden, float(eps), **plan.math_meta,
-           **affine_meta(weight, bias), PER_SAMPLE=bool(per_sample))
-    return plan.normalize(), plan.stats, plan.batch
+    plan.launch_math(_dynamic_affine_norm_forward_kernel, passes.optional(weight, plan.stats),
+                     passes.optional(bias, plan.stats), sc_w1, sc_b1, sc_w2, sc_b2, hidden, float(eps),
+                     **passes.affine_meta(weight, bias), PER_SAMPLE=bool(per_sample))
+    return plan.outputs()
 
 
 def dynamic_affine_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -349,11 +342,12 @@ def dynamic_affine_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weigh
                                  eps: float, per_sample: bool, input_grad: bool) -> tuple[Tensor, ...]:
     """DN-B / DN-C backward: ``(dx, d_weight, d_bias, d_w1, d_b1, d_w2, d_b2)``."""
     C = x.shape[1]
-    hidden, sc_w1, sc_w2 = check_head("dynamic_affine_norm_backward", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C, 2 * C)
+    hidden, sc_w1, sc_w2 = passes.check_head("dynamic_affine_norm_backward", sc_w1, sc_b1, sc_w2, sc_b2, 2 * C,
+                                             2 * C)
     plan = passes.Backward(grad_y, x, stats, fold_bn=batch_from_input, input_grad=input_grad,
                            scratch=_dynamic_affine_scratch(x.shape[0], C, hidden, per_sample))
     grads = [passes.grad_like(p, stats) for p in (weight, bias, sc_w1, sc_b1, sc_w2, sc_b2)]
-    launch(_dynamic_affine_norm_backward_kernel, (1,), *plan.math_args(), passes.optional(weight, stats)[0],
-           passes.optional(bias, stats)[0], sc_w1, sc_b1, sc_w2, sc_b2, *grads, hidden, float(eps), **plan.math_meta,
-           **affine_meta(weight, bias), PER_SAMPLE=bool(per_sample))
-    return (plan.input_gradient(), *grads)
+    plan.launch_math(_dynamic_affine_norm_backward_kernel, passes.optional(weight, stats),
+                     passes.optional(bias, stats), sc_w1, sc_b1, sc_w2, sc_b2, *grads, hidden, float(eps),
+                     **passes.affine_meta(weight, bias), PER_SAMPLE=bool(per_sample))
+    return plan.outputs(*grads)

@@ -1,5 +1,4 @@
-"""Exemplar Normalization's ``(N, C)``-sized math in Triton, and the pieces of it the other learned heads (DN-B/DN-C,
-AssocNorm, DN) share: tiles over ``(N, C)``, activations, and the buffer regions.
+"""Exemplar Normalization's ``(N, C)``-sized math in Triton.
 
 The forward math reads the statistics buffer (instance means relative to ``R`` and variances, the BN term's mean
 relative to ``R`` and variance) and writes ``scale``/``shift`` of ``y = ((x - R) - mean) * scale + shift`` and the
@@ -19,111 +18,13 @@ import triton.language as tl
 from torch import Tensor
 
 from . import passes
-from .passes import backward_epilogue, backward_prologue, forward_prologue, stats_regions, work_regions
-from .runtime import empty, launch
-from .small import channel_moments
+from .passes import (backward_epilogue, backward_prologue, forward_prologue, stats_regions, store_channel_gradients,
+                     work_regions)
+from .runtime import empty
+from .small import (batch_columns, channel_moments, hidden_column, instance_tile, relu, rows, rsqrt,
+                    standardized_columns, store_cast, tile)
 
 __all__ = ["exemplar_norm", "exemplar_norm_backward"]
-
-
-# ---- small pieces shared by the learned heads ----------------------------------------------------------------------
-
-@triton.jit
-def rsqrt(v):
-    """``1 / sqrt(v)`` in ``v``'s dtype."""
-    return 1.0 / tl.sqrt(v)
-
-
-@triton.jit
-def relu(v):
-    """``max(v, 0)`` keeping NaN, as ``torch.relu``."""
-    return tl.where(v < 0, 0.0, v)
-
-
-@triton.jit
-def tanh(v):
-    """``tanh(v)`` from ``exp`` of a non-positive argument (no overflow)."""
-    t = tl.exp(-2.0 * tl.abs(v))
-    magnitude = (1.0 - t) / (1.0 + t)
-    return tl.where(v < 0, -magnitude, magnitude)
-
-
-@triton.jit
-def sigmoid(v):
-    return 1.0 / (1.0 + tl.exp(-v))
-
-
-@triton.jit
-def store_cast(ptr, offsets, mask, values):
-    """Store ``values`` cast to the dtype ``ptr`` points to (a parameter's gradient)."""
-    tl.store(ptr + offsets, values.to(ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def rows(n0, N, BLOCK_N: tl.constexpr):
-    n = n0 + tl.arange(0, BLOCK_N)
-    return n, n < N
-
-
-@triton.jit
-def columns(c0, C, BLOCK_C: tl.constexpr):
-    c = c0 + tl.arange(0, BLOCK_C)
-    return c, c < C
-
-
-@triton.jit
-def tile(n, n_mask, c, c_mask, C):
-    """Offsets ``n * C + c`` and the mask of a ``[BLOCK_N, BLOCK_C]`` tile of an ``(N, C)`` array."""
-    return n[:, None] * C + c[None, :], n_mask[:, None] & c_mask[None, :]
-
-
-@triton.jit
-def instance_tile(mean_ptr, var_ptr, offsets, mask):
-    """Instance means (relative to ``R``) and variances of a tile; masked lanes hold 0 and 1 (finite)."""
-    return tl.load(mean_ptr + offsets, mask=mask, other=0.0), tl.load(var_ptr + offsets, mask=mask, other=1.0)
-
-
-@triton.jit
-def batch_columns(bn_mean_ptr, bn_var_ptr, c, c_mask, eps):
-    """The BN term's mean (relative to ``R``) and ``rsqrt(var + eps)`` on a channel block (0 and 1 when masked)."""
-    bn_mean = tl.load(bn_mean_ptr + c, mask=c_mask, other=0.0)
-    return bn_mean, tl.where(c_mask, rsqrt(tl.load(bn_var_ptr + c, mask=c_mask, other=1.0) + eps), 1.0)
-
-
-@triton.jit
-def affine_columns(weight_ptr, bias_ptr, c, c_mask, DT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                   HAS_BIAS: tl.constexpr):
-    """``(gamma, beta)`` on a channel block in ``DT``: the affine parameters, or 1 and 0 when absent."""
-    if HAS_WEIGHT:
-        gamma = tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(DT)
-    else:
-        gamma = tl.full(c.shape, 1.0, DT)
-    if HAS_BIAS:
-        beta = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(DT)
-    else:
-        beta = tl.zeros(c.shape, DT)
-    return gamma, beta
-
-
-@triton.jit
-def hidden_column(w_ptr, in_features, lo_first, hi_first, b_ptr, unit, scratch_ptr, n0, M, C,
-                  input_tile: tl.constexpr, mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr, eps,
-                  OPTION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """One hidden unit's pre-activation ``b[unit] + sum_c W[unit, lo_first + c] lo[m, c] + W[unit, hi_first + c]
-    hi[m, c]`` for the rows ``m`` of a block, stored to ``scratch[m]``; ``input_tile(...)`` gives the two input
-    halves ``(lo, hi)`` of a tile (0 where masked)."""
-    m, m_mask = rows(n0, M, BLOCK_N)
-    acc = tl.zeros([BLOCK_N, BLOCK_C], mean_ptr.dtype.element_ty)
-    for c0 in range(0, C, BLOCK_C):
-        c, c_mask = columns(c0, C, BLOCK_C)
-        lo, hi = input_tile(mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr, m, m_mask, c, c_mask, C, eps,
-                            OPTION)
-        w_row = w_ptr + unit * in_features
-        w_lo = tl.load(w_row + lo_first + c, mask=c_mask, other=0.0).to(acc.dtype)
-        w_hi = tl.load(w_row + hi_first + c, mask=c_mask, other=0.0).to(acc.dtype)
-        acc += lo * w_lo[None, :] + hi * w_hi[None, :]
-    pre = tl.sum(acc, axis=1) + tl.load(b_ptr + unit).to(acc.dtype)
-    tl.store(scratch_ptr + m, pre, mask=m_mask)
 
 
 # ---- Exemplar Normalization ----------------------------------------------------------------------------------------
@@ -211,11 +112,10 @@ def _exemplar_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr,
         sum_ln += tl.where(n_mask, r_ln, 0.0)
         sum_bn += tl.where(n_mask, r_bn, 0.0)
         for c0 in range(0, C, BLOCK_C):
-            c, c_mask = columns(c0, C, BLOCK_C)
+            c, c_mask, bn_mean, rstd_bn, gamma, beta = standardized_columns(
+                c0, C, bn_mean_ptr, bn_var_ptr, weight_ptr, bias_ptr, eps, DT, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
             offsets, mask = tile(n, n_mask, c, c_mask, C)
             mean, var = instance_tile(mean_ptr, var_ptr, offsets, mask)
-            bn_mean, rstd_bn = batch_columns(bn_mean_ptr, bn_var_ptr, c, c_mask, eps)
-            gamma, beta = affine_columns(weight_ptr, bias_ptr, c, c_mask, DT, HAS_WEIGHT, HAS_BIAS)
             scale = gamma[None, :] * (r_in[:, None] * rsqrt(var + eps) + (r_ln * rstd_ln)[:, None]
                                       + r_bn[:, None] * rstd_bn[None, :])
             shift = beta[None, :] + gamma[None, :] * ((r_ln * rstd_ln)[:, None] * (mean - ln_mean[:, None])
@@ -247,11 +147,10 @@ def _exemplar_sample_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr
         to_bn = tl.zeros([BLOCK_N, BLOCK_C], DT)   # (gA + gB (mu - mu_BN)) rstd_BN
         sum_gb = tl.zeros([BLOCK_N, BLOCK_C], DT)
         for c0 in range(0, C, BLOCK_C):
-            c, c_mask = columns(c0, C, BLOCK_C)
+            c, c_mask, bn_mean, rstd_bn, gamma, beta = standardized_columns(
+                c0, C, bn_mean_ptr, bn_var_ptr, weight_ptr, bias_ptr, eps, DT, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
             offsets, mask = tile(n, n_mask, c, c_mask, C)
             mean, var = instance_tile(mean_ptr, var_ptr, offsets, mask)
-            bn_mean, rstd_bn = batch_columns(bn_mean_ptr, bn_var_ptr, c, c_mask, eps)
-            gamma, beta = affine_columns(weight_ptr, bias_ptr, c, c_mask, DT, HAS_WEIGHT, HAS_BIAS)
             g_a = tl.load(g_scale_ptr + offsets, mask=mask, other=0.0) * gamma[None, :]
             g_b = tl.load(g_shift_ptr + offsets, mask=mask, other=0.0) * gamma[None, :]
             to_in += g_a * rsqrt(var + eps)
@@ -313,8 +212,7 @@ def _exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, 
     ``g_bn_mean``, ``g_bn_var`` in ``work`` and every parameter's gradient (the weight's and bias's when
     present), the closed form of ``ExemplarNorm::backward``."""
     mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr = stats_regions(stats_ptr, N, C)
-    g_shift_ptr, g_scale_ptr, scale_ptr, g_mean_ptr, g_var_ptr, g_bn_mean_ptr, g_bn_var_ptr = work_regions(
-        work_ptr, N, C)
+    g_shift_ptr, g_scale_ptr, scale_ptr, g_mean_ptr, g_var_ptr, _, _ = work_regions(work_ptr, N, C)
     DT = stats_ptr.dtype.element_ty
     _exemplar_sample_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
                               b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
@@ -322,9 +220,8 @@ def _exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, 
     _exemplar_head_backward(stats_ptr, scratch_ptr, N, H, g_b1_ptr, g_w2_ptr, g_b2_ptr, BLOCK_N)
     samples_ptr = scratch_ptr + 2 * N * H
     for c0 in range(0, C, BLOCK_C):
-        c, c_mask = columns(c0, C, BLOCK_C)
-        bn_mean, rstd_bn = batch_columns(bn_mean_ptr, bn_var_ptr, c, c_mask, eps)
-        gamma, beta = affine_columns(weight_ptr, bias_ptr, c, c_mask, DT, HAS_WEIGHT, HAS_BIAS)
+        c, c_mask, bn_mean, rstd_bn, gamma, beta = standardized_columns(
+            c0, C, bn_mean_ptr, bn_var_ptr, weight_ptr, bias_ptr, eps, DT, HAS_WEIGHT, HAS_BIAS, BLOCK_C)
         g_weight = tl.zeros([BLOCK_N, BLOCK_C], DT)
         g_bias = tl.zeros([BLOCK_N, BLOCK_C], DT)
         g_bn_mean = tl.zeros([BLOCK_N, BLOCK_C], DT)
@@ -367,12 +264,9 @@ def _exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, 
             tl.store(scale_ptr + offsets, gamma[None, :] * a, mask=mask)
             tl.store(g_mean_ptr + offsets, g_mean, mask=mask)
             tl.store(g_var_ptr + offsets, g_var, mask=mask)
-        tl.store(g_bn_mean_ptr + c, tl.sum(g_bn_mean, axis=0), mask=c_mask)
-        tl.store(g_bn_var_ptr + c, -0.5 * rstd_bn * rstd_bn * rstd_bn * tl.sum(g_rstd_bn, axis=0), mask=c_mask)
-        if HAS_WEIGHT:
-            store_cast(g_weight_ptr, c, c_mask, tl.sum(g_weight, axis=0))
-        if HAS_BIAS:
-            store_cast(g_bias_ptr, c, c_mask, tl.sum(g_bias, axis=0))
+        store_channel_gradients(work_ptr, N, C, c, c_mask, g_weight_ptr, g_bias_ptr, tl.sum(g_weight, axis=0),
+                                tl.sum(g_bias, axis=0), tl.sum(g_bn_mean, axis=0),
+                                -0.5 * rstd_bn * rstd_bn * rstd_bn * tl.sum(g_rstd_bn, axis=0), HAS_WEIGHT, HAS_BIAS)
         for unit in range(H):  # W1: the hidden gradients times the descriptor, summed over samples
             g_w1_mean = tl.zeros([BLOCK_N, BLOCK_C], DT)
             g_w1_std = tl.zeros([BLOCK_N, BLOCK_C], DT)
@@ -414,49 +308,31 @@ def _exemplar_norm_backward_kernel(part_ptr, stats_ptr, work_ptr, scratch_ptr, N
     backward_epilogue(stats_ptr, work_ptr, N, C, L, FOLD_BN, BLOCK_N, BLOCK_C)
 
 
-def check_head(name: str, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, inputs: int, outputs: int
-               ) -> tuple[int, Tensor, Tensor]:
-    """``(H, w1, w2)`` of an ``inputs -> H -> outputs`` head ``(w1 (H, inputs), b1 (H,), w2 (outputs, H),
-    b2 (outputs,))``, the matrices row-major (the kernels index them so); a clear error naming the shapes
-    otherwise."""
-    hidden = b1.numel()
-    if (w1.shape != (hidden, inputs) or b1.shape != (hidden,) or w2.shape != (outputs, hidden)
-            or b2.shape != (outputs,)):
-        raise ValueError(f"{name}: the head must be ({hidden}, {inputs}), ({hidden},), ({outputs}, {hidden}), "
-                         f"({outputs},) tensors, got {list(w1.shape)}, {list(b1.shape)}, {list(w2.shape)}, "
-                         f"{list(b2.shape)}")
-    return hidden, w1.contiguous(), w2.contiguous()
-
-
-def affine_meta(weight: Tensor | None, bias: Tensor | None) -> dict:
-    return dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None)
-
-
 def exemplar_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, ratio_w1: Tensor, ratio_b1: Tensor,
                   ratio_w2: Tensor, ratio_b2: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                   training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """EN forward: ``(y, stats, batch, ratios)``, ``ratios`` the batch-averaged ``(3,)`` (IN, LN, BN) ratios."""
     C = x.shape[1] if x.dim() >= 2 else 0
-    hidden, ratio_w1, ratio_w2 = check_head("exemplar_norm", ratio_w1, ratio_b1, ratio_w2, ratio_b2, 2 * C, 3)
+    hidden, ratio_w1, ratio_w2 = passes.check_head("exemplar_norm", ratio_w1, ratio_b1, ratio_w2, ratio_b2, 2 * C, 3)
     plan = passes.Forward(x, has_bn=True, running_mean=running_mean, running_var=running_var, training=training,
                           scratch=_exemplar_scratch(x.shape[0], hidden))
     ratios = empty("ratios", (3,), dtype=plan.stats.dtype, device=x.device)
-    launch(_exemplar_norm_forward_kernel, (1,), *plan.math_args(), passes.optional(weight, plan.stats)[0],
-           passes.optional(bias, plan.stats)[0], ratio_w1, ratio_b1, ratio_w2, ratio_b2, ratios, hidden, float(eps),
-           **plan.math_meta, **affine_meta(weight, bias), SINGLE=plan.geometry.L == 1)
-    return plan.normalize(), plan.stats, plan.batch, ratios
+    plan.launch_math(_exemplar_norm_forward_kernel, passes.optional(weight, plan.stats),
+                     passes.optional(bias, plan.stats), ratio_w1, ratio_b1, ratio_w2, ratio_b2, ratios, hidden,
+                     float(eps), **passes.affine_meta(weight, bias), SINGLE=plan.geometry.L == 1)
+    return plan.outputs(ratios)
 
 
 def exemplar_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None, bias: Tensor | None,
                            ratio_w1: Tensor, ratio_b1: Tensor, ratio_w2: Tensor, ratio_b2: Tensor,
                            batch_from_input: bool, eps: float, input_grad: bool) -> tuple[Tensor, ...]:
     """EN backward: ``(dx, d_weight, d_bias, d_w1, d_b1, d_w2, d_b2)``."""
-    hidden, ratio_w1, ratio_w2 = check_head("exemplar_norm_backward", ratio_w1, ratio_b1, ratio_w2, ratio_b2,
-                                            2 * x.shape[1], 3)
+    hidden, ratio_w1, ratio_w2 = passes.check_head("exemplar_norm_backward", ratio_w1, ratio_b1, ratio_w2, ratio_b2,
+                                                   2 * x.shape[1], 3)
     plan = passes.Backward(grad_y, x, stats, fold_bn=batch_from_input, input_grad=input_grad,
                            scratch=_exemplar_scratch(x.shape[0], hidden))
     grads = [passes.grad_like(p, stats) for p in (weight, bias, ratio_w1, ratio_b1, ratio_w2, ratio_b2)]
-    launch(_exemplar_norm_backward_kernel, (1,), *plan.math_args(), passes.optional(weight, stats)[0],
-           passes.optional(bias, stats)[0], ratio_w1, ratio_b1, ratio_w2, ratio_b2, *grads, hidden, float(eps),
-           **plan.math_meta, **affine_meta(weight, bias), SINGLE=plan.geometry.L == 1)
-    return (plan.input_gradient(), *grads)
+    plan.launch_math(_exemplar_norm_backward_kernel, passes.optional(weight, stats), passes.optional(bias, stats),
+                     ratio_w1, ratio_b1, ratio_w2, ratio_b2, *grads, hidden, float(eps),
+                     **passes.affine_meta(weight, bias), SINGLE=plan.geometry.L == 1)
+    return plan.outputs(*grads)

@@ -31,11 +31,13 @@ import triton.language as tl
 from torch import Tensor
 
 from .runtime import empty, empty_like, launch, recorded
+from .small import columns, rows, store_cast, tile
 
 __all__ = [
-    "Backward", "Forward", "Geometry", "accumulation_dtype", "backward_epilogue", "backward_prologue",
-    "forward_prologue", "geometry", "grad_like", "gradient_sums_kernel", "input_gradient_kernel", "moments_kernel",
-    "nc_tile", "normalize_kernel", "optional", "row_strides", "stats_regions", "work_regions",
+    "Backward", "Forward", "Geometry", "accumulation_dtype", "affine_meta", "backward_epilogue", "backward_prologue",
+    "check_head", "forward_prologue", "geometry", "grad_like", "gradient_sums_kernel", "input_gradient_kernel",
+    "moments_kernel", "nc_tile", "normalize_kernel", "optional", "row_strides", "stats_regions",
+    "store_channel_gradients", "work_regions",
 ]
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -150,9 +152,29 @@ def geometry(x: Tensor) -> Geometry:
                     math_block_n, math_block_c)
 
 
-def optional(t: Tensor | None, placeholder: Tensor) -> tuple[Tensor, bool]:
-    """``(t, True)``, or ``(placeholder, False)`` for an absent tensor (the kernel does not read it)."""
-    return (placeholder, False) if t is None else (t, True)
+def optional(t: Tensor | None, placeholder: Tensor) -> Tensor:
+    """``t``, or ``placeholder`` for an absent tensor (the kernel does not read it: a ``HAS_...`` constexpr says so,
+    as :func:`affine_meta` does for the affine parameters)."""
+    return placeholder if t is None else t
+
+
+def affine_meta(weight: Tensor | None, bias: Tensor | None) -> dict:
+    """The compile-time arguments ``HAS_WEIGHT``/``HAS_BIAS`` of a layer's optional affine parameters."""
+    return dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None)
+
+
+def check_head(name: str, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, inputs: int, outputs: int
+               ) -> tuple[int, Tensor, Tensor]:
+    """``(H, w1, w2)`` of an ``inputs -> H -> outputs`` head ``(w1 (H, inputs), b1 (H,), w2 (outputs, H),
+    b2 (outputs,))``, the matrices row-major (the kernels index them so); a clear error naming the shapes
+    otherwise."""
+    hidden = b1.numel()
+    if (w1.shape != (hidden, inputs) or b1.shape != (hidden,) or w2.shape != (outputs, hidden)
+            or b2.shape != (outputs,)):
+        raise ValueError(f"{name}: the head must be ({hidden}, {inputs}), ({hidden},), ({outputs}, {hidden}), "
+                         f"({outputs},) tensors, got {list(w1.shape)}, {list(b1.shape)}, {list(w2.shape)}, "
+                         f"{list(b2.shape)}")
+    return hidden, w1.contiguous(), w2.contiguous()
 
 
 def grad_like(param: Tensor | None, stats: Tensor) -> Tensor:
@@ -184,10 +206,10 @@ def work_regions(work_ptr, N, C):
 @triton.jit
 def nc_tile(n0, c0, N, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Sample and channel indices of the tile at ``(n0, c0)``, the flat ``n * C + c`` indices and the mask."""
-    n = n0 + tl.arange(0, BLOCK_N)
-    c = c0 + tl.arange(0, BLOCK_C)
-    mask = (n < N)[:, None] & (c < C)[None, :]
-    return n, c, n[:, None] * C + c[None, :], mask
+    n, n_ok = rows(n0, N, BLOCK_N)
+    c, c_ok = columns(c0, C, BLOCK_C)
+    j, mask = tile(n, n_ok, c, c_ok, C)
+    return n, c, j, mask
 
 
 @triton.jit
@@ -295,6 +317,20 @@ def backward_prologue(part_ptr, work_ptr, N, C, S, BLOCK_N: tl.constexpr, BLOCK_
             tl.store(g_shift_ptr + j, g_shift, mask=mask)
             tl.store(g_scale_ptr + j, g_scale, mask=mask)
     tl.debug_barrier()
+
+
+@triton.jit
+def store_channel_gradients(work_ptr, N, C, c, c_mask, g_weight_ptr, g_bias_ptr, g_weight, g_bias, g_bn_mean,
+                            g_bn_var, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A channel block's gradients (``[BLOCK_C]`` each): the BN term's mean's and variance's into the work buffer,
+    the weight's and bias's (when present) in the parameters' dtype."""
+    _, _, _, _, _, g_bn_mean_ptr, g_bn_var_ptr = work_regions(work_ptr, N, C)
+    tl.store(g_bn_mean_ptr + c, g_bn_mean, mask=c_mask)
+    tl.store(g_bn_var_ptr + c, g_bn_var, mask=c_mask)
+    if HAS_WEIGHT:
+        store_cast(g_weight_ptr, c, c_mask, g_weight)
+    if HAS_BIAS:
+        store_cast(g_bias_ptr, c, c_mask, g_bias)
 
 
 @triton.jit
@@ -430,11 +466,21 @@ def input_gradient_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, coef_ptr, N, C, L, c
 
 # ---- the plans: buffers and launches of one layer call ------------------------------------------------------
 
-class Forward:
+class _Plan:
+    """Launch 2 of a layer call, the same for :class:`Forward` and :class:`Backward` (each defines ``math_args()``
+    and ``math_meta``)."""
+
+    def launch_math(self, kernel, *args, **meta) -> None:
+        """Launch the layer's math ``kernel`` on grid ``(1,)`` with the plan's ``math_args()`` then ``args``, and its
+        ``math_meta`` and ``meta``."""
+        launch(kernel, (1,), *self.math_args(), *args, **self.math_meta, **meta)
+
+
+class Forward(_Plan):
     """One forward call: validates ``x``, allocates ``stats``, ``batch`` and the work buffer, launches the moments
-    kernel (launch 1); :meth:`math_args`/:attr:`math_meta` feed the layer's math kernel (launch 2),
-    :meth:`normalize` launches the normalize kernel (launch 3). The forward returns ``(y, plan.stats, plan.batch,
-    <the layer's extra outputs>)``.
+    kernel (launch 1); :meth:`launch_math` launches the layer's math kernel (launch 2) with :meth:`math_args` and
+    :attr:`math_meta`, :meth:`outputs` launches the normalize kernel (launch 3, :meth:`normalize`) and gives the
+    forward's return value ``(y, plan.stats, plan.batch, <the layer's extra outputs>)``.
 
     Args:
         x: the input, ``(N, C, *)``, contiguous or channels-last.
@@ -488,11 +534,16 @@ class Forward:
                BLOCK_C=g.block_c, BLOCK_L=g.block_l, num_warps=g.warps)
         return y
 
+    def outputs(self, *extra: Tensor) -> tuple[Tensor, ...]:
+        """``(y, stats, batch, *extra)``: the forward's return value (launches the normalize kernel)."""
+        return (self.normalize(), self.stats, self.batch, *extra)
 
-class Backward:
-    """One backward call: launches the gradient-sums kernel (launch 1) into a new work buffer;
-    :meth:`math_args`/:attr:`math_meta` feed the layer's math-backward kernel (launch 2), :meth:`input_gradient`
-    launches the input-gradient kernel (launch 3, skipped without ``input_grad``).
+
+class Backward(_Plan):
+    """One backward call: launches the gradient-sums kernel (launch 1) into a new work buffer; :meth:`launch_math`
+    launches the layer's math-backward kernel (launch 2) with :meth:`math_args` and :attr:`math_meta`,
+    :meth:`outputs` the input-gradient kernel (launch 3, :meth:`input_gradient`; skipped without ``input_grad``) and
+    gives the backward's return value ``(dx, <the parameters' gradients>)``.
 
     Args:
         grad_y: the output's gradient, shape of ``x``, any strides whose spatial axes flatten (else copied).
@@ -546,6 +597,10 @@ class Backward:
                g.C, g.L, g.chunk, *g.strides, *self.grad_strides, BLOCK_C=g.block_c, BLOCK_L=g.block_l,
                num_warps=g.warps)
         return dx
+
+    def outputs(self, *grads: Tensor) -> tuple[Tensor, ...]:
+        """``(dx, *grads)``: the backward's return value (launches the input-gradient kernel)."""
+        return (self.input_gradient(), *grads)
 
 
 def _channels_last(x: Tensor) -> torch.memory_format:

@@ -1,14 +1,197 @@
-"""Device math shared by the layers' ``(N, C)`` kernels: pooled moments of ``(N, C)`` tiles, and functions of a few
-mixture weights held in a 4-vector (entries ``k >= K`` masked by ``valid = k < K``): picking an entry, softmax,
-renormalization without IN, and SparsestMax with its Jacobian.
+"""Device math shared by the layers' ``(N, C)`` kernels.
+
+* Tiles of ``(N, C)`` arrays: the rows and columns of a block (:func:`rows`, :func:`columns`), a tile's flat offsets
+  and mask (:func:`tile`), the statistics and affine parameters on a tile or channel block (:func:`instance_tile`,
+  :func:`batch_columns`, :func:`affine_columns`, :func:`standardized_columns`), pooled moments over channels
+  (:func:`channel_moments`), groups of elements a stride apart (:func:`group_tile`, :func:`group_moments`), and
+  storing a gradient in its parameter's dtype (:func:`store_cast`).
+* Elementwise functions (:func:`rsqrt`, :func:`relu`, :func:`tanh`, :func:`sigmoid`) and one hidden unit of a
+  learned head (:func:`hidden_column`).
+* A few mixture weights held in a 4-vector (entries ``k >= K`` masked by ``valid = k < K``): picking an entry,
+  softmax, renormalization without IN, and SparsestMax with its Jacobian.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-__all__ = ["channel_moments", "masked_softmax", "pick", "sparsemax", "sparsestmax", "without_instance_term",
-           "without_instance_term_backward"]
+__all__ = ["affine_columns", "batch_columns", "channel_moments", "columns", "group_moments", "group_tile",
+           "hidden_column", "instance_tile", "masked_softmax", "pick", "pow2", "relu", "rows", "rsqrt", "sigmoid",
+           "sparsemax", "sparsestmax", "standardized_columns", "store_cast", "tanh", "tile", "tile_rows",
+           "without_instance_term", "without_instance_term_backward"]
+
+
+# ---- elementwise --------------------------------------------------------------------------------------------------
+
+@triton.jit
+def rsqrt(v):
+    """``1 / sqrt(v)`` in ``v``'s dtype."""
+    return 1.0 / tl.sqrt(v)
+
+
+@triton.jit
+def relu(v):
+    """``max(v, 0)`` keeping NaN, as ``torch.relu``."""
+    return tl.where(v < 0, 0.0, v)
+
+
+@triton.jit
+def tanh(v):
+    """``tanh(v)`` from ``exp`` of a non-positive argument (no overflow)."""
+    t = tl.exp(-2.0 * tl.abs(v))
+    magnitude = (1.0 - t) / (1.0 + t)
+    return tl.where(v < 0, -magnitude, magnitude)
+
+
+@triton.jit
+def sigmoid(v):
+    return 1.0 / (1.0 + tl.exp(-v))
+
+
+# ---- tiles of (N, C) arrays ---------------------------------------------------------------------------------------
+
+@triton.constexpr_function
+def pow2(value):
+    return triton.next_power_of_2(value)
+
+
+@triton.constexpr_function
+def tile_rows(tile_size, block):
+    """Rows of a tile of ``tile_size`` elements whose rows are ``block`` long (at least 1)."""
+    return max(1, tile_size // block)
+
+
+@triton.jit
+def store_cast(ptr, offsets, mask, values):
+    """Store ``values`` cast to the dtype ``ptr`` points to (a parameter's gradient)."""
+    tl.store(ptr + offsets, values.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rows(n0, N, BLOCK_N: tl.constexpr):
+    """The rows ``n0 .. n0 + BLOCK_N`` and their mask ``n < N``."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    return n, n < N
+
+
+@triton.jit
+def columns(c0, C, BLOCK_C: tl.constexpr):
+    """The columns ``c0 .. c0 + BLOCK_C`` and their mask ``c < C``."""
+    c = c0 + tl.arange(0, BLOCK_C)
+    return c, c < C
+
+
+@triton.jit
+def tile(n, n_mask, c, c_mask, C):
+    """Offsets ``n * C + c`` and the mask of a ``[BLOCK_N, BLOCK_C]`` tile of an ``(N, C)`` array."""
+    return n[:, None] * C + c[None, :], n_mask[:, None] & c_mask[None, :]
+
+
+@triton.jit
+def instance_tile(mean_ptr, var_ptr, offsets, mask):
+    """Instance means (relative to ``R``) and variances of a tile; masked lanes hold 0 and 1 (finite)."""
+    return tl.load(mean_ptr + offsets, mask=mask, other=0.0), tl.load(var_ptr + offsets, mask=mask, other=1.0)
+
+
+@triton.jit
+def batch_columns(bn_mean_ptr, bn_var_ptr, c, c_mask, eps):
+    """The BN term's mean (relative to ``R``) and ``rsqrt(var + eps)`` on a channel block (0 and 1 when masked)."""
+    bn_mean = tl.load(bn_mean_ptr + c, mask=c_mask, other=0.0)
+    return bn_mean, tl.where(c_mask, rsqrt(tl.load(bn_var_ptr + c, mask=c_mask, other=1.0) + eps), 1.0)
+
+
+@triton.jit
+def affine_columns(weight_ptr, bias_ptr, c, c_mask, DT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                   HAS_BIAS: tl.constexpr):
+    """``(gamma, beta)`` on a channel block in ``DT``: the affine parameters, or 1 and 0 when absent."""
+    if HAS_WEIGHT:
+        gamma = tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(DT)
+    else:
+        gamma = tl.full(c.shape, 1.0, DT)
+    if HAS_BIAS:
+        beta = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(DT)
+    else:
+        beta = tl.zeros(c.shape, DT)
+    return gamma, beta
+
+
+@triton.jit
+def standardized_columns(c0, C, bn_mean_ptr, bn_var_ptr, weight_ptr, bias_ptr, eps, DT: tl.constexpr,
+                         HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The channel block at ``c0`` of a layer that standardizes with the BN term: ``(c, c_mask, bn_mean, rstd_bn,
+    gamma, beta)`` (:func:`columns`, :func:`batch_columns`, :func:`affine_columns`)."""
+    c, c_mask = columns(c0, C, BLOCK_C)
+    bn_mean, rstd_bn = batch_columns(bn_mean_ptr, bn_var_ptr, c, c_mask, eps)
+    gamma, beta = affine_columns(weight_ptr, bias_ptr, c, c_mask, DT, HAS_WEIGHT, HAS_BIAS)
+    return c, c_mask, bn_mean, rstd_bn, gamma, beta
+
+
+@triton.jit
+def channel_moments(mean_ptr, var_ptr, n, n_ok, C, BLOCK_C: tl.constexpr):
+    """Mean and variance over all channels of samples ``n`` (LN statistics) from the instance moments."""
+    acc = mean_ptr.dtype.element_ty
+    sum_m = tl.zeros([n.shape[0], BLOCK_C], acc)
+    sum_v = tl.zeros([n.shape[0], BLOCK_C], acc)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = n_ok[:, None] & (c < C)[None, :]
+        j = n[:, None] * C + c[None, :]
+        sum_m += tl.load(mean_ptr + j, mask=mask, other=0.0)
+        sum_v += tl.load(var_ptr + j, mask=mask, other=0.0)
+    pooled = tl.sum(sum_m, 1) / C
+    spread = tl.zeros([n.shape[0], BLOCK_C], acc)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = n_ok[:, None] & (c < C)[None, :]
+        d = tl.load(mean_ptr + n[:, None] * C + c[None, :], mask=mask, other=0.0) - pooled[:, None]
+        spread += tl.where(mask, d * d, 0.0)
+    return pooled, (tl.sum(sum_v, 1) + tl.sum(spread, 1)) / C
+
+
+@triton.jit
+def group_tile(q0, groups, size, stride, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Offsets ``[BLOCK_Q, BLOCK_K]`` and mask of the groups ``q0 .. q0 + BLOCK_Q`` of ``size`` elements ``stride``
+    apart (a row per group) in an array of ``groups * size`` elements laid out in blocks of ``size * stride``."""
+    q = q0 + tl.arange(0, BLOCK_Q)
+    k = tl.arange(0, BLOCK_K)
+    base = (q // stride) * (size * stride) + q % stride
+    return base[:, None] + k[None, :] * stride, (q < groups)[:, None] & (k < size)[None, :]
+
+
+@triton.jit
+def group_moments(mean, var, mask, size):
+    """Pooled mean and variance of each row of a group tile (law of total variance), and the deviations from the
+    pooled mean (0 where masked)."""
+    pooled = tl.sum(tl.where(mask, mean, 0.0), axis=1) / size
+    deviation = tl.where(mask, mean - pooled[:, None], 0.0)
+    pooled_var = (tl.sum(tl.where(mask, var, 0.0), axis=1) + tl.sum(deviation * deviation, axis=1)) / size
+    return pooled, pooled_var, deviation
+
+
+# ---- learned heads ------------------------------------------------------------------------------------------------
+
+@triton.jit
+def hidden_column(w_ptr, in_features, lo_first, hi_first, b_ptr, unit, scratch_ptr, n0, M, C,
+                  input_tile: tl.constexpr, mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr, eps,
+                  OPTION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One hidden unit's pre-activation ``b[unit] + sum_c W[unit, lo_first + c] lo[m, c] + W[unit, hi_first + c]
+    hi[m, c]`` for the rows ``m`` of a block, stored to ``scratch[m]``; ``input_tile(...)`` gives the two input
+    halves ``(lo, hi)`` of a tile (0 where masked)."""
+    m, m_mask = rows(n0, M, BLOCK_N)
+    acc = tl.zeros([BLOCK_N, BLOCK_C], mean_ptr.dtype.element_ty)
+    for c0 in range(0, C, BLOCK_C):
+        c, c_mask = columns(c0, C, BLOCK_C)
+        lo, hi = input_tile(mean_ptr, var_ptr, bn_mean_ptr, bn_var_ptr, reference_ptr, m, m_mask, c, c_mask, C, eps,
+                            OPTION)
+        w_row = w_ptr + unit * in_features
+        w_lo = tl.load(w_row + lo_first + c, mask=c_mask, other=0.0).to(acc.dtype)
+        w_hi = tl.load(w_row + hi_first + c, mask=c_mask, other=0.0).to(acc.dtype)
+        acc += lo * w_lo[None, :] + hi * w_hi[None, :]
+    pre = tl.sum(acc, axis=1) + tl.load(b_ptr + unit).to(acc.dtype)
+    tl.store(scratch_ptr + m, pre, mask=m_mask)
+
+
+# ---- mixture weights in a 4-vector --------------------------------------------------------------------------------
 
 _ONE_HOT_TOLERANCE = tl.constexpr(1e-6)
 
@@ -42,28 +225,6 @@ def without_instance_term_backward(given, g_weights):
     total = tl.sum(kept, 0)
     dot = tl.sum(kept * g_weights, 0) / total
     return tl.where(k == 0, 0.0, (g_weights - dot) / total)
-
-
-@triton.jit
-def channel_moments(mean_ptr, var_ptr, n, n_ok, C, BLOCK_C: tl.constexpr):
-    """Mean and variance over all channels of samples ``n`` (LN statistics) from the instance moments."""
-    acc = mean_ptr.dtype.element_ty
-    sum_m = tl.zeros([n.shape[0], BLOCK_C], acc)
-    sum_v = tl.zeros([n.shape[0], BLOCK_C], acc)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        mask = n_ok[:, None] & (c < C)[None, :]
-        j = n[:, None] * C + c[None, :]
-        sum_m += tl.load(mean_ptr + j, mask=mask, other=0.0)
-        sum_v += tl.load(var_ptr + j, mask=mask, other=0.0)
-    pooled = tl.sum(sum_m, 1) / C
-    spread = tl.zeros([n.shape[0], BLOCK_C], acc)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        mask = n_ok[:, None] & (c < C)[None, :]
-        d = tl.load(mean_ptr + n[:, None] * C + c[None, :], mask=mask, other=0.0) - pooled[:, None]
-        spread += tl.where(mask, d * d, 0.0)
-    return pooled, (tl.sum(sum_v, 1) + tl.sum(spread, 1)) / C
 
 
 @triton.jit

@@ -16,9 +16,9 @@ from torch import Tensor
 
 from . import passes
 from .passes import (backward_epilogue, backward_prologue, forward_prologue, nc_tile, stats_regions,
-                     work_regions)
-from .runtime import empty, launch
-from .small import (channel_moments, masked_softmax, pick, sparsestmax, without_instance_term,
+                     store_channel_gradients, work_regions)
+from .runtime import empty
+from .small import (channel_moments, columns, masked_softmax, pick, sparsestmax, without_instance_term,
                     without_instance_term_backward)
 
 __all__ = ["sparse_switch_norm", "sparse_switch_norm_backward", "switch_norm", "switch_norm_backward"]
@@ -166,7 +166,7 @@ def _backward_math(stats_ptr, work_ptr, scratch_ptr, weight_ptr, d_weight_ptr, d
     returns the gradients of the mixture weights (4-vectors). ``scratch``: LN moments and their gradients (4N)."""
     acc = stats_ptr.dtype.element_ty
     mean_ptr, var_ptr, _, _, _ = stats_regions(stats_ptr, N, C)
-    _, _, scale_ptr, g_mean_ptr, g_var_ptr, g_bn_mean_ptr, g_bn_var_ptr = work_regions(work_ptr, N, C)
+    _, _, scale_ptr, g_mean_ptr, g_var_ptr, _, _ = work_regions(work_ptr, N, C)
     wm1, wm2 = pick(wm, 1), pick(wm, 2)
     wv0, wv1, wv2 = pick(wv, 0), pick(wv, 1), pick(wv, 2)
     g_wv0 = tl.zeros([BLOCK_N, BLOCK_C], acc)
@@ -200,7 +200,7 @@ def _backward_math(stats_ptr, work_ptr, scratch_ptr, weight_ptr, d_weight_ptr, d
     tl.debug_barrier()
     # per channel: parameter and BN gradients (reductions over samples); per (n, c): g_mean, g_var, scale
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
+        c, c_ok = columns(c0, C, BLOCK_C)
         d_weight = tl.zeros([BLOCK_N, BLOCK_C], acc)
         d_bias = tl.zeros([BLOCK_N, BLOCK_C], acc)
         g_bn_mean = tl.zeros([BLOCK_N, BLOCK_C], acc)
@@ -222,13 +222,8 @@ def _backward_math(stats_ptr, work_ptr, scratch_ptr, weight_ptr, d_weight_ptr, d
             tl.store(scale_ptr + j, scale, mask=mask)
             tl.store(g_var_ptr + j, wv0 * g_var + g_ln_var, mask=mask)
             tl.store(g_mean_ptr + j, (wm1 + wm2) * g_deviation + g_ln_mean + 2 * g_ln_var * to_ln, mask=mask)
-        if HAS_WEIGHT:
-            tl.store(d_weight_ptr + c, tl.sum(d_weight, 0).to(d_weight_ptr.dtype.element_ty), mask=c < C)
-        if HAS_BIAS:
-            tl.store(d_bias_ptr + c, tl.sum(d_bias, 0).to(d_bias_ptr.dtype.element_ty), mask=c < C)
-        if HAS_BN:
-            tl.store(g_bn_mean_ptr + c, tl.sum(g_bn_mean, 0), mask=c < C)
-            tl.store(g_bn_var_ptr + c, tl.sum(g_bn_var, 0), mask=c < C)
+        store_channel_gradients(work_ptr, N, C, c, c_ok, d_weight_ptr, d_bias_ptr, tl.sum(d_weight, 0),
+                                tl.sum(d_bias, 0), tl.sum(g_bn_mean, 0), tl.sum(g_bn_var, 0), HAS_WEIGHT, HAS_BIAS)
     k = tl.arange(0, 4)
     g_wm = tl.where(k == 1, tl.sum(tl.sum(g_wm1, 1), 0), 0.0) + tl.where(k == 2, tl.sum(tl.sum(g_wm2, 1), 0), 0.0)
     g_wv = (tl.where(k == 0, tl.sum(tl.sum(g_wv0, 1), 0), 0.0) + tl.where(k == 1, tl.sum(tl.sum(g_wv1, 1), 0), 0.0)
@@ -329,22 +324,16 @@ def _mixture_size(mean: Tensor, var: Tensor, name: str) -> int:
     return mean.numel()
 
 
-def _affine_meta(weight: Tensor | None, bias: Tensor | None) -> dict:
-    return dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None)
-
-
 def switch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean_mixture: Tensor, var_mixture: Tensor,
                 running_mean: Tensor | None, running_var: Tensor | None, training: bool, eps: float,
                 mixture_logits: bool) -> tuple[Tensor, Tensor, Tensor]:
     """SN forward: ``(y, stats, batch)``; see the package's docstring."""
     K = _mixture_size(mean_mixture, var_mixture, "switch_norm")
     plan = passes.Forward(x, has_bn=K == 3, running_mean=running_mean, running_var=running_var, training=training)
-    weight_arg, _ = passes.optional(weight, plan.stats)
-    bias_arg, _ = passes.optional(bias, plan.stats)
-    launch(_switch_norm_forward_kernel, (1,), *plan.math_args(), weight_arg, bias_arg, mean_mixture, var_mixture,
-           float(eps), **plan.math_meta, **_affine_meta(weight, bias), K=K, LOGITS=bool(mixture_logits),
-           SINGLE=plan.geometry.L == 1)
-    return plan.normalize(), plan.stats, plan.batch
+    plan.launch_math(_switch_norm_forward_kernel, passes.optional(weight, plan.stats),
+                     passes.optional(bias, plan.stats), mean_mixture, var_mixture, float(eps),
+                     **passes.affine_meta(weight, bias), K=K, LOGITS=bool(mixture_logits), SINGLE=plan.geometry.L == 1)
+    return plan.outputs()
 
 
 def switch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -357,10 +346,10 @@ def switch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tenso
                            scratch=4 * x.shape[0])
     d_weight, d_bias = passes.grad_like(weight, stats), passes.grad_like(bias, stats)
     d_mean, d_var = passes.grad_like(mean_mixture, stats), passes.grad_like(var_mixture, stats)
-    launch(_switch_norm_backward_kernel, (1,), *plan.math_args(), passes.optional(weight, stats)[0], mean_mixture,
-           var_mixture, d_weight, d_bias, d_mean, d_var, float(eps), **plan.math_meta, **_affine_meta(weight, bias),
-           K=K, LOGITS=bool(mixture_logits), SINGLE=plan.geometry.L == 1)
-    return plan.input_gradient(), d_weight, d_bias, d_mean, d_var
+    plan.launch_math(_switch_norm_backward_kernel, passes.optional(weight, stats), mean_mixture, var_mixture,
+                     d_weight, d_bias, d_mean, d_var, float(eps), **passes.affine_meta(weight, bias), K=K,
+                     LOGITS=bool(mixture_logits), SINGLE=plan.geometry.L == 1)
+    return plan.outputs(d_weight, d_bias, d_mean, d_var)
 
 
 def sparse_switch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean_weight: Tensor,
@@ -373,11 +362,11 @@ def sparse_switch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, me
     plan = passes.Forward(x, has_bn=K == 3, running_mean=running_mean, running_var=running_var, training=training)
     mixtures = empty("mixtures", (2, K), dtype=plan.stats.dtype, device=x.device)
     state = empty("state", (4,), dtype=torch.long, device=x.device)
-    launch(_sparse_switch_norm_forward_kernel, (1,), *plan.math_args(), passes.optional(weight, plan.stats)[0],
-           passes.optional(bias, plan.stats)[0], mean_weight, var_weight, radius, mean_fixed, var_fixed,
-           mean_selected, var_selected, mixtures, state, float(eps), **plan.math_meta, **_affine_meta(weight, bias),
-           K=K, FREEZE=bool(freeze), SINGLE=plan.geometry.L == 1)
-    return plan.normalize(), plan.stats, plan.batch, mixtures, state
+    plan.launch_math(_sparse_switch_norm_forward_kernel, passes.optional(weight, plan.stats),
+                     passes.optional(bias, plan.stats), mean_weight, var_weight, radius, mean_fixed, var_fixed,
+                     mean_selected, var_selected, mixtures, state, float(eps), **passes.affine_meta(weight, bias),
+                     K=K, FREEZE=bool(freeze), SINGLE=plan.geometry.L == 1)
+    return plan.outputs(mixtures, state)
 
 
 def sparse_switch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor | None,
@@ -390,7 +379,7 @@ def sparse_switch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight
                            scratch=4 * x.shape[0])
     d_weight, d_bias = passes.grad_like(weight, stats), passes.grad_like(bias, stats)
     d_mean, d_var = passes.grad_like(mean_weight, stats), passes.grad_like(var_weight, stats)
-    launch(_sparse_switch_norm_backward_kernel, (1,), *plan.math_args(), passes.optional(weight, stats)[0],
-           mean_weight, var_weight, radius, mixtures, state, d_weight, d_bias, d_mean, d_var, float(eps),
-           **plan.math_meta, **_affine_meta(weight, bias), K=K, SINGLE=plan.geometry.L == 1)
-    return plan.input_gradient(), d_weight, d_bias, d_mean, d_var
+    plan.launch_math(_sparse_switch_norm_backward_kernel, passes.optional(weight, stats), mean_weight, var_weight,
+                     radius, mixtures, state, d_weight, d_bias, d_mean, d_var, float(eps),
+                     **passes.affine_meta(weight, bias), K=K, SINGLE=plan.geometry.L == 1)
+    return plan.outputs(d_weight, d_bias, d_mean, d_var)
