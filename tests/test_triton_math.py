@@ -38,10 +38,7 @@ import test_triton_kernels as harness  # noqa: E402  (the SN/SSN kernel tests: c
 IN_PROCESS = harness.IN_PROCESS  # TRITON_INTERPRET=1 was set before triton was imported: the tests run here
 in_process = harness.in_process
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from dynnorm.kernels.triton import associate, dynamic, dynamic_affine, exemplar  # noqa: E402
+from dynnorm.kernels.triton import associate, dynamic, dynamic_affine, exemplar, passes  # noqa: E402
 
 REFERENCE = 0.75  # R of the statistics buffers
 EPS = 1e-5
@@ -55,89 +52,6 @@ def test_interpreter_in_subprocess():
                             env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=1100,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-6000:] + result.stderr[-3000:]
-
-
-# ---- one-program kernels running a layer's forward or backward math alone on given buffers -------------------------
-
-
-@triton.jit
-def exemplar_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
-                     b2_ptr, ratios_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     SINGLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    exemplar._exemplar_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
-                            w2_ptr, b2_ptr, ratios_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
-
-
-@triton.jit
-def exemplar_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr,
-                      b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps,
-                      HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    exemplar._exemplar_math_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
-                                     b1_ptr, w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr,
-                                     g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, SINGLE, BLOCK_N, BLOCK_C)
-
-
-@triton.jit
-def dynamic_affine_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
-                           w2_ptr, b2_ptr, H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           PER_SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    dynamic_affine._dynamic_affine_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr,
-                                        b1_ptr, w2_ptr, b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS, PER_SAMPLE,
-                                        BLOCK_N, BLOCK_C)
-
-
-@triton.jit
-def dynamic_affine_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr,
-                            w2_ptr, b2_ptr, g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr,
-                            H, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                            PER_SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    dynamic_affine._dynamic_affine_math_backward(
-        stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-        g_weight_ptr, g_bias_ptr, g_w1_ptr, g_b1_ptr, g_w2_ptr, g_b2_ptr, H, eps, HAS_WEIGHT, HAS_BIAS,
-        PER_SAMPLE, BLOCK_N, BLOCK_C)
-
-
-@triton.jit
-def associate_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, encoder_ptr,
-                      scale_decoder_ptr, shift_decoder_ptr, G, E, eps, SCALE_FROM_MEAN: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    associate._associate_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, encoder_ptr,
-                              scale_decoder_ptr, shift_decoder_ptr, G, E, eps, SCALE_FROM_MEAN, BLOCK_N,
-                              BLOCK_C, BLOCK_S)
-
-
-@triton.jit
-def associate_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, encoder_ptr,
-                       scale_decoder_ptr, shift_decoder_ptr, g_weight_ptr, g_bias_ptr, g_encoder_ptr,
-                       g_scale_decoder_ptr, g_shift_decoder_ptr, G, E, eps, SCALE_FROM_MEAN: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    associate._associate_math_backward(
-        stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, encoder_ptr, scale_decoder_ptr,
-        shift_decoder_ptr, g_weight_ptr, g_bias_ptr, g_encoder_ptr, g_scale_decoder_ptr, g_shift_decoder_ptr,
-        G, E, eps, SCALE_FROM_MEAN, BLOCK_N, BLOCK_C, BLOCK_S)
-
-
-@triton.jit
-def dynamic_forward(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, mean_gates_ptr,
-                    var_gates_ptr, mean_batch_ptr, var_batch_ptr, eps, HAS_WEIGHT: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, FACTORS: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_C: tl.constexpr):
-    dynamic._dynamic_math(stats_ptr, coef_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, mean_gates_ptr,
-                          var_gates_ptr, mean_batch_ptr, var_batch_ptr, eps, HAS_WEIGHT, HAS_BIAS, FACTORS,
-                          BLOCK_N, BLOCK_C)
-
-
-@triton.jit
-def dynamic_backward(stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, mean_gates_ptr,
-                     var_gates_ptr, mean_batch_ptr, var_batch_ptr, g_weight_ptr, g_bias_ptr,
-                     g_mean_gates_ptr, g_var_gates_ptr, g_mean_batch_ptr, g_var_batch_ptr, eps,
-                     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, FACTORS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    dynamic._dynamic_math_backward(
-        stats_ptr, work_ptr, scratch_ptr, N, C, weight_ptr, bias_ptr, mean_gates_ptr, var_gates_ptr,
-        mean_batch_ptr, var_batch_ptr, g_weight_ptr, g_bias_ptr, g_mean_gates_ptr, g_var_gates_ptr,
-        g_mean_batch_ptr, g_var_batch_ptr, eps, HAS_WEIGHT, HAS_BIAS, FACTORS, BLOCK_N, BLOCK_C)
 
 
 # ---- the reference: functional's layer functions on an input with the chosen moments ---------------------------
@@ -214,32 +128,33 @@ def _grad_like(tensor, like):
     return like.new_empty(0) if tensor is None else torch.empty_like(tensor)
 
 
-def _forward(kernel, stats, n, c, scratch, *args, **meta):
-    """``(scale, shift)`` from a forward math kernel."""
+def _forward(math, stats, n, c, scratch, *args, **meta):
+    """``(scale, shift)`` from a layer's forward math (a device function ``(stats, coef, scratch, N, C, ...)``),
+    launched alone on one program with the given buffers."""
     coef = torch.full((2 * n * c,), float("nan"), dtype=stats.dtype)
-    kernel[(1,)](stats, coef, stats.new_empty(max(scratch, 1)), n, c, *args, **meta)
+    math[(1,)](stats, coef, stats.new_empty(max(scratch, 1)), n, c, *args, **meta)
     return coef[:n * c], coef[n * c:]
 
 
-def _backward(kernel, stats, n, c, scratch, g_scale, g_shift, *args, **meta):
-    """``(scale, g_mean, g_var, g_bn_mean, g_bn_var)`` from a backward math kernel."""
+def _backward(math, stats, n, c, scratch, g_scale, g_shift, *args, **meta):
+    """``(scale, g_mean, g_var, g_bn_mean, g_bn_var)`` from a layer's backward math (a device function
+    ``(stats, work, scratch, N, C, ...)``), launched alone on one program."""
     nc = n * c
     work = torch.full((5 * nc + 2 * c,), float("nan"), dtype=stats.dtype)
     work[:nc], work[nc:2 * nc] = g_shift, g_scale
-    kernel[(1,)](stats, work, stats.new_empty(max(scratch, 1)), n, c, *args, **meta)
+    math[(1,)](stats, work, stats.new_empty(max(scratch, 1)), n, c, *args, **meta)
     return work[2 * nc:3 * nc], work[3 * nc:4 * nc], work[4 * nc:5 * nc], work[5 * nc:5 * nc + c], work[5 * nc + c:]
 
 
 def _exemplar_meta(p, single, block_n, block_c):
-    return dict(HAS_WEIGHT=p["weight"] is not None, HAS_BIAS=p["bias"] is not None, SINGLE=single, BLOCK_N=block_n,
-                BLOCK_C=block_c)
+    return dict(**passes.affine_meta(p["weight"], p["bias"]), SINGLE=single, BLOCK_N=block_n, BLOCK_C=block_c)
 
 
 def _exemplar_forward(stats, n, c, p, options, single, block_n, block_c):
     hidden = p["ratio_b1"].numel()
     ratios = stats.new_empty(3)
     scale, shift = _forward(
-        exemplar_forward, stats, n, c, exemplar._exemplar_scratch(n, hidden),
+        exemplar._exemplar_math, stats, n, c, exemplar._exemplar_scratch(n, hidden),
         _optional(p["weight"], stats), _optional(p["bias"], stats), p["ratio_w1"], p["ratio_b1"], p["ratio_w2"],
         p["ratio_b2"], ratios, hidden, EPS, **_exemplar_meta(p, single, block_n, block_c))
     return scale, shift, ratios
@@ -249,7 +164,7 @@ def _exemplar_backward(stats, n, c, p, options, g_scale, g_shift, single, block_
     hidden = p["ratio_b1"].numel()
     grads = [_grad_like(p[k], stats) for k in ("weight", "bias", "ratio_w1", "ratio_b1", "ratio_w2", "ratio_b2")]
     results = _backward(
-        exemplar_backward, stats, n, c, exemplar._exemplar_scratch(n, hidden), g_scale,
+        exemplar._exemplar_math_backward, stats, n, c, exemplar._exemplar_scratch(n, hidden), g_scale,
         g_shift, _optional(p["weight"], stats), _optional(p["bias"], stats), p["ratio_w1"], p["ratio_b1"],
         p["ratio_w2"], p["ratio_b2"], *grads, hidden, EPS, **_exemplar_meta(p, single, block_n, block_c))
     return results, grads
@@ -268,12 +183,17 @@ def _dynamic_affine_parameters(c, generator, options):
 _GENERATOR = ("weight", "bias", "sc_w1", "sc_b1", "sc_w2", "sc_b2")
 
 
+def _dynamic_affine_meta(p, options, block_n, block_c):
+    return dict(**passes.affine_meta(p["weight"], p["bias"]), PER_SAMPLE=options["per_sample"], BLOCK_N=block_n,
+                BLOCK_C=block_c)
+
+
 def _dynamic_affine_forward(stats, n, c, p, options, single, block_n, block_c):
     hidden, per_sample = p["sc_b1"].numel(), options["per_sample"]
     scale, shift = _forward(
-        dynamic_affine_forward, stats, n, c, dynamic_affine._dynamic_affine_scratch(n, c, hidden, per_sample),
-        *(_optional(p[k], stats) for k in _GENERATOR), hidden, EPS, HAS_WEIGHT=p["weight"] is not None,
-        HAS_BIAS=p["bias"] is not None, PER_SAMPLE=per_sample, BLOCK_N=block_n, BLOCK_C=block_c)
+        dynamic_affine._dynamic_affine_math, stats, n, c,
+        dynamic_affine._dynamic_affine_scratch(n, c, hidden, per_sample), *(_optional(p[k], stats) for k in _GENERATOR),
+        hidden, EPS, **_dynamic_affine_meta(p, options, block_n, block_c))
     return scale, shift, None
 
 
@@ -281,10 +201,10 @@ def _dynamic_affine_backward(stats, n, c, p, options, g_scale, g_shift, single, 
     hidden, per_sample = p["sc_b1"].numel(), options["per_sample"]
     grads = [_grad_like(p[k], stats) for k in _GENERATOR]
     results = _backward(
-        dynamic_affine_backward, stats, n, c, dynamic_affine._dynamic_affine_scratch(n, c, hidden, per_sample),
-        g_scale, g_shift, *(_optional(p[k], stats) for k in _GENERATOR), *grads, hidden, EPS,
-        HAS_WEIGHT=p["weight"] is not None, HAS_BIAS=p["bias"] is not None, PER_SAMPLE=per_sample, BLOCK_N=block_n,
-        BLOCK_C=block_c)
+        dynamic_affine._dynamic_affine_math_backward, stats, n, c,
+        dynamic_affine._dynamic_affine_scratch(n, c, hidden, per_sample), g_scale, g_shift,
+        *(_optional(p[k], stats) for k in _GENERATOR), *grads, hidden, EPS,
+        **_dynamic_affine_meta(p, options, block_n, block_c))
     return results, grads
 
 
@@ -311,7 +231,7 @@ def _associate_meta(c, options, block_n, block_c):
 def _associate_forward(stats, n, c, p, options, single, block_n, block_c):
     groups, embedding = options["num_groups"], p["encoder_weight"].shape[0]
     scale, shift = _forward(
-        associate_forward, stats, n, c, associate._associate_scratch(n, groups, embedding),
+        associate._associate_math, stats, n, c, associate._associate_scratch(n, groups, embedding),
         *(p[k] for k in _AUTOENCODER), groups, embedding, EPS, **_associate_meta(c, options, block_n, block_c))
     return scale, shift, None
 
@@ -320,8 +240,8 @@ def _associate_backward(stats, n, c, p, options, g_scale, g_shift, single, block
     groups, embedding = options["num_groups"], p["encoder_weight"].shape[0]
     grads = [_grad_like(p[k], stats) for k in _AUTOENCODER]
     results = _backward(
-        associate_backward, stats, n, c, associate._associate_scratch(n, groups, embedding), g_scale, g_shift,
-        *(p[k] for k in _AUTOENCODER), *grads, groups, embedding, EPS,
+        associate._associate_math_backward, stats, n, c, associate._associate_scratch(n, groups, embedding), g_scale,
+        g_shift, *(p[k] for k in _AUTOENCODER), *grads, groups, embedding, EPS,
         **_associate_meta(c, options, block_n, block_c))
     return results, grads
 
@@ -341,13 +261,13 @@ _GATES = ("weight", "bias", "mean_gate_logits", "var_gate_logits", "mean_batch_l
 
 
 def _dynamic_meta(p, options, block_n, block_c):
-    return dict(HAS_WEIGHT=p["weight"] is not None, HAS_BIAS=p["bias"] is not None,
-                FACTORS=tuple(options["factors"]), BLOCK_N=block_n, BLOCK_C=block_c)
+    return dict(**passes.affine_meta(p["weight"], p["bias"]), FACTORS=tuple(options["factors"]), BLOCK_N=block_n,
+                BLOCK_C=block_c)
 
 
 def _dynamic_forward(stats, n, c, p, options, single, block_n, block_c):
     scale, shift = _forward(
-        dynamic_forward, stats, n, c, dynamic._dynamic_scratch(n, c, options["factors"], backward=False),
+        dynamic._dynamic_math, stats, n, c, dynamic._dynamic_scratch(n, c, options["factors"], backward=False),
         *(_optional(p[k], stats) for k in _GATES), EPS, **_dynamic_meta(p, options, block_n, block_c))
     return scale, shift, None
 
@@ -355,8 +275,9 @@ def _dynamic_forward(stats, n, c, p, options, single, block_n, block_c):
 def _dynamic_backward(stats, n, c, p, options, g_scale, g_shift, single, block_n, block_c):
     grads = [_grad_like(p[k], stats) for k in _GATES]
     results = _backward(
-        dynamic_backward, stats, n, c, dynamic._dynamic_scratch(n, c, options["factors"], backward=True), g_scale,
-        g_shift, *(_optional(p[k], stats) for k in _GATES), *grads, EPS, **_dynamic_meta(p, options, block_n, block_c))
+        dynamic._dynamic_math_backward, stats, n, c, dynamic._dynamic_scratch(n, c, options["factors"], backward=True),
+        g_scale, g_shift, *(_optional(p[k], stats) for k in _GATES), *grads, EPS,
+        **_dynamic_meta(p, options, block_n, block_c))
     return results, grads
 
 
