@@ -216,7 +216,7 @@ def test_output_is_not_a_view_so_inplace_ops_on_it_work():
 def test_switch_selects_the_implementation_and_restores_it():
     layer = dynnorm.SwitchNorm2d(4)
     x = torch.randn(2, 4, 3, 3, requires_grad=True)
-    assert dynnorm.fast_path_enabled() and kernels.select(x) is kernels.cpu
+    assert dynnorm.fast_path_enabled() and kernels.select(x) is kernels.cpu.layers
     assert layer(x).grad_fn.name() == "dynnorm::SwitchNormBackward"
     with dynnorm.fast_path(False):
         assert not dynnorm.fast_path_enabled() and kernels.select(x) is functional
@@ -246,7 +246,7 @@ def test_exports_traces_transforms_and_other_layouts_take_the_reference_and_comp
     assert seen and all(impl is functional for impl in seen), seen
     seen.clear()
     torch.compile(probe, backend="eager", fullgraph=True)(x)
-    assert seen == [kernels.cpu]
+    assert seen == [kernels.cpu.layers]
 
 
 def test_double_backward_through_the_fused_operator_matches_the_reference():

@@ -49,7 +49,7 @@ def triton_path(monkeypatch):
     from dynnorm.kernels import triton_ops
 
     def select(x, *, synchronized=False):
-        return dynnorm.functional if synchronized or not dynnorm.fast_path_enabled() else triton_ops
+        return dynnorm.functional if synchronized or not dynnorm.fast_path_enabled() else triton_ops.layers
 
     monkeypatch.setattr(dynnorm.kernels, "select", select)
     return triton_ops

@@ -17,37 +17,26 @@ import json
 import os
 from pathlib import Path
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.dist import get_rank
 
 import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor)
 from dynnorm.integrations.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
-from dynnorm.integrations.mm_runtime import build_runner, load_config
+from dynnorm.integrations.mm_runtime import add_config_arguments, build_runner, config_from_args
 from tasks.generated_datasets import ensure_config_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Test a detector or segmentor checkpoint with mmengine's Runner")
-    parser.add_argument("config", help="config file (mmdet or mmseg)")
+    add_config_arguments(parser)
     parser.add_argument("checkpoint", help="checkpoint file")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load CHECKPOINT with weights_only=False, which runs code from its pickle: only for "
-                             "files you trust (config key: trust_checkpoint = True)")
-    parser.add_argument("--work-dir", help="folder for the logs (default: work_dirs/<config name>)")
-    parser.add_argument("--data-root", help="dataset folder replacing the config's data_root everywhere")
     parser.add_argument("--metrics-json", help="also write the metrics to this JSON file")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
-                        help="override config entries, e.g. test_dataloader.batch_size=4")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
-                        help="job launcher (pytorch: torchrun)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def configure(args: argparse.Namespace) -> Config:
     """The config with the command line applied: the checkpoint to test, and nothing to resume."""
-    cfg = load_config(args.config, cfg_options=args.cfg_options, data_root=args.data_root, work_dir=args.work_dir,
-                      launcher=args.launcher, trust_checkpoint=args.trust_checkpoint)
+    cfg = config_from_args(args)
     cfg.load_from = args.checkpoint
     cfg.resume = False
     return cfg

@@ -27,40 +27,28 @@ from __future__ import annotations
 import argparse
 import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
 import dynnorm.integrations.mmengine  # noqa: F401  (registers layers, hooks, optimizer constructor)
 from dynnorm.integrations.mm_checkpoint import install_checkpoint_loader, trusted_checkpoints
-from dynnorm.integrations.mm_runtime import build_runner, load_config
+from dynnorm.integrations.mm_runtime import add_config_arguments, build_runner, config_from_args
 from tasks.generated_datasets import ensure_config_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train a detector or segmentor with mmengine's Runner")
-    parser.add_argument("config", help="config file (mmdet or mmseg)")
-    parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
+    add_config_arguments(parser)
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
                         help="resume from CKPT, or from the latest checkpoint of the work dir when CKPT is omitted")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load the resumed or load_from checkpoint with weights_only=False, which runs code "
-                             "from its pickle: only for files you trust (config key: trust_checkpoint = True)")
-    parser.add_argument("--data-root", help="dataset folder replacing the config's data_root everywhere")
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision (AmpOptimWrapper)")
     parser.add_argument("--auto-scale-lr", action="store_true",
                         help="scale the learning rate by (total batch size / auto_scale_lr.base_batch_size)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
-                        help="override config entries, e.g. train_cfg.max_iters=100 "
-                             "(lists as key=\"[a,b]\", no white space)")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
-                        help="job launcher (pytorch: torchrun)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def configure(args: argparse.Namespace) -> Config:
     """The config with the command line applied."""
-    cfg = load_config(args.config, cfg_options=args.cfg_options, data_root=args.data_root, work_dir=args.work_dir,
-                      launcher=args.launcher, trust_checkpoint=args.trust_checkpoint)
+    cfg = config_from_args(args)
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"

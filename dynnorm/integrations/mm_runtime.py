@@ -5,7 +5,9 @@ and ``tools/test.py``, as functions.
   ``--data-root``, ``--work-dir``, ``--launcher``, ``--trust-checkpoint``);
 - :func:`replace_data_root` points every dataset and evaluator of a config at another dataset folder;
 - :func:`adapt_distributed_to_cpu` makes ``--launcher pytorch`` (torchrun) work on machines without CUDA;
-- :func:`build_runner` builds the config's Runner.
+- :func:`build_runner` builds the config's Runner;
+- :func:`add_config_arguments` and :func:`config_from_args`: the command line that ``tools/train.py`` and
+  ``tools/test.py`` share, for an ``argparse`` script of your own.
 
 A training script of your own, with the weights-only checkpoint policy of
 :mod:`dynnorm.integrations.mm_checkpoint`::
@@ -23,6 +25,7 @@ Needs mmengine; importing this module registers nothing and changes nothing.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping, MutableMapping, MutableSequence
 from pathlib import Path
@@ -30,11 +33,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-__all__ = ["adapt_distributed_to_cpu", "build_runner", "load_config", "replace_data_root"]
+__all__ = ["add_config_arguments", "adapt_distributed_to_cpu", "build_runner", "config_from_args", "load_config",
+           "replace_data_root"]
 
 _PATH_KEYS = ("data_root", "ann_file")
 
@@ -166,3 +170,40 @@ def build_runner(cfg: Config) -> Runner:
     """The config's Runner: its ``runner_type`` from the ``RUNNERS`` registry if it names one, else mmengine's
     :class:`~mmengine.runner.Runner`."""
     return RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options that :func:`config_from_args` reads: ``config`` (positional), ``--work-dir``,
+    ``--trust-checkpoint``, ``--data-root``, ``--cfg-options``, ``--launcher`` and the ``--local-rank`` that
+    ``torch.distributed.launch`` passes (hidden; ``LOCAL_RANK`` is what mmengine's launchers read).
+
+    Returns:
+        ``parser``, for chaining.
+
+    Examples::
+
+        >>> parser = add_config_arguments(argparse.ArgumentParser())
+        >>> args = parser.parse_args(['my_config.py', '--cfg-options', 'train_cfg.max_iters=10'])
+        >>> args.config, args.cfg_options, args.launcher
+        ('my_config.py', {'train_cfg.max_iters': 10}, 'none')
+    """
+    parser.add_argument("config", help="config file (mmdet or mmseg)")
+    parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load the checkpoint (resumed, load_from or tested) with weights_only=False, which "
+                             "runs code from its pickle: only for files you trust (config key: "
+                             "trust_checkpoint = True)")
+    parser.add_argument("--data-root", help="dataset folder replacing the config's data_root everywhere")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+                        help="override config entries, e.g. train_cfg.max_iters=100 "
+                             "(lists as key=\"[a,b]\", no white space)")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher (pytorch: torchrun)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """:func:`load_config` with the options of :func:`add_config_arguments`."""
+    return load_config(args.config, cfg_options=args.cfg_options, data_root=args.data_root, work_dir=args.work_dir,
+                       launcher=args.launcher, trust_checkpoint=args.trust_checkpoint)

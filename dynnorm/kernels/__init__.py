@@ -100,8 +100,8 @@ def _decomposing() -> bool:
 
 
 def select(x: Tensor, *, synchronized: bool = False):
-    """The implementation for a layer applied to ``x``: :mod:`dynnorm.kernels.cpu`, the Triton operators or
-    :mod:`dynnorm.functional`.
+    """The implementation for a layer applied to ``x``: the C++ operators' ``cpu.layers``, the Triton operators'
+    ``triton_ops.layers`` or :mod:`dynnorm.functional` (all with the same layer functions).
 
     Args:
         x: the layer's input.
@@ -110,11 +110,11 @@ def select(x: Tensor, *, synchronized: bool = False):
     if synchronized or not _enabled or _decomposing() or not (x.is_contiguous() or _is_channels_last(x)):
         return functional
     if x.device.type == "cpu":
-        return cpu if cpu.available() else functional
+        return cpu.layers if cpu.available() else functional
     if x.device.type == "cuda" and _cuda_kernels == "triton":
         from . import triton_ops
 
-        return triton_ops
+        return triton_ops.layers
     return functional
 
 

@@ -37,10 +37,5 @@ def _register() -> None:
 
 _register()
 
-_layers = FusedLayers(NAMESPACE)
-switch_norm = _layers.switch_norm
-sparse_switch_norm = _layers.sparse_switch_norm
-exemplar_norm = _layers.exemplar_norm
-dynamic_norm = _layers.dynamic_norm
-dynamic_affine_norm = _layers.dynamic_affine_norm
-associate_norm = _layers.associate_norm
+layers = FusedLayers(NAMESPACE)
+"""The layer functions on these operators, with :mod:`dynnorm.functional`'s signatures."""
