@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -47,42 +48,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def schedule_options(iters: int, seed: int) -> list[str]:
-    """``--cfg-options`` giving every run the same schedule: warm-up, LR steps at 75% and 90%, validation at the end."""
+    """``--cfg-options`` giving every detection run the same schedule: warm-up over the first fifth (at most 200
+    iterations), LR steps at 75% and 90%, validation and a checkpoint at the end, the log interval, the seed."""
+    log_interval = min(LOG_INTERVAL, iters)
     return [f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
-            f"param_scheduler.0.end={min(200, iters // 5)}",
+            f"param_scheduler.0.end={max(1, min(200, iters // 5))}",
             f"param_scheduler.1.milestones=[{int(iters * 0.75)},{int(iters * 0.9)}]", f"param_scheduler.1.end={iters}",
-            f"default_hooks.checkpoint.interval={iters}", f"default_hooks.logger.interval={LOG_INTERVAL}",
-            f"log_processor.window_size={LOG_INTERVAL}", f"randomness.seed={seed}"]
+            f"default_hooks.checkpoint.interval={iters}", f"default_hooks.logger.interval={log_interval}",
+            f"log_processor.window_size={log_interval}", f"randomness.seed={seed}"]
+
+
+def run_train_tool(config: str, work_dir: Path, cfg_options: list[str], *, threads: int | None = None,
+                   data_root: str | None = None, log_name: str = "train.log") -> tuple[list[dict], dict]:
+    """Train ``config`` with tools/train.py in a process of its own (its output in ``work_dir/log_name``; an
+    error naming that log when it fails).
+
+    Returns:
+        The run's logged scalars (:func:`read_scalars`) and its cost: ``sec_per_iter`` (mean of the logged
+        windows after the first), ``peak_rss_mib`` of the training process and ``final_loss``.
+    """
+    command = [sys.executable, "tools/train.py", config, "--work-dir", str(work_dir),
+               *(["--data-root", data_root] if data_root else []), "--cfg-options", *cfg_options]
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with (work_dir / log_name).open("w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed; see {work_dir / log_name}")
+    scalars = read_scalars(work_dir)
+    train_logs = [s for s in scalars if "loss" in s]
+    times = [s["time"] for s in train_logs[1:]] or [s["time"] for s in train_logs]
+    return scalars, {"sec_per_iter": round(statistics.fmean(times), 4),
+                     "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+                     "final_loss": round(train_logs[-1]["loss"], 4)}
 
 
 def train(norm: str, args: argparse.Namespace) -> dict:
     """Run tools/train.py for one norm; return its metrics, speed and memory."""
-    work_dir = Path(args.work_dir) / norm
-    command = [sys.executable, "tools/train.py", CONFIG.format(norm=norm), "--work-dir", str(work_dir),
-               "--cfg-options", *schedule_options(args.iters, args.seed)]
-    env = dict(os.environ)
-    if args.threads:
-        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    work_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now()
-    with (work_dir / "benchmark.log").open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed; see {work_dir / 'benchmark.log'}")
+    scalars, cost = run_train_tool(CONFIG.format(norm=norm), Path(args.work_dir) / norm,
+                                   schedule_options(args.iters, args.seed), threads=args.threads,
+                                   log_name="benchmark.log")
     wall = (datetime.datetime.now() - started).total_seconds()
-    scalars = read_scalars(work_dir)
-    train_logs = [s for s in scalars if "loss" in s]
     validation = next(s for s in reversed(scalars) if "coco/bbox_mAP" in s)
-    times = [s["time"] for s in train_logs[1:]] or [s["time"] for s in train_logs]
-    memory = [s["memory"] for s in train_logs if "memory" in s]
+    memory = [s["memory"] for s in scalars if "loss" in s and "memory" in s]
     return {
         "norm": dynnorm.display_name(norm), "config": CONFIG.format(norm=norm),
         **{metric: validation.get(f"coco/{metric}") for metric in METRICS},
-        "sec_per_iter": round(sum(times) / len(times), 4),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        "sec_per_iter": cost["sec_per_iter"], "peak_rss_mib": cost["peak_rss_mib"],
         "peak_cuda_mib": max(memory) if memory else None,
-        "final_loss": round(train_logs[-1]["loss"], 4), "wall_seconds": round(wall, 1),
+        "final_loss": cost["final_loss"], "wall_seconds": round(wall, 1),
     }
 
 
@@ -96,12 +114,12 @@ def environment(args: argparse.Namespace) -> dict:
     import mmengine
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    from benchmarks.benchmark import cpu_name
+
     return {
         "date": datetime.date.today().isoformat(), "python": platform.python_version(), "torch": torch.__version__,
         "mmengine": mmengine.__version__, "mmdet": mmdet.__version__,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu} ({os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu_name()} ({os.cpu_count()} cores)",
         "threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "default",
         "iters": args.iters, "images_per_batch": 2, "seed": args.seed,
         "command": command_line(__file__, sys.argv[1:]),

@@ -59,7 +59,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -67,11 +66,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import dynnorm
-from benchmarks.benchmark_detection import read_scalars
+from benchmarks.benchmark_detection import LOG_INTERVAL, run_train_tool
+from benchmarks.benchmark_detection import schedule_options as detection_schedule
 from benchmarks.results_io import REPO_ROOT, RESULTS_DIR, ResultStore, command_line, write_atomically
 from tasks.fashion_scenes import ScenesSpec, ensure_dataset
-
-LOG_INTERVAL = 50
 
 
 @dataclass(frozen=True)
@@ -106,18 +104,15 @@ LABELS = {"coco/bbox_mAP": "bbox mAP", "coco/bbox_mAP_50": "bbox AP50", "coco/bb
 
 
 def schedule_options(model: str, iters: int, seed: int) -> list[str]:
-    """``--cfg-options`` of a run: its length (detection: warm-up over the first fifth, at most 200 iterations,
-    LR steps at 75% and 90%; segmentation: poly decay to the end), validation and a checkpoint at the end, the log
-    interval, the seed."""
-    log_interval = min(LOG_INTERVAL, iters)
-    options = [f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
-               f"default_hooks.checkpoint.interval={iters}", f"default_hooks.logger.interval={log_interval}",
-               f"log_processor.window_size={log_interval}", f"randomness.seed={seed}"]
+    """``--cfg-options`` of a run: detection as :func:`benchmarks.benchmark_detection.schedule_options` (warm-up,
+    LR steps at 75% and 90%); segmentation: poly decay to the end, validation and a checkpoint at the end, the
+    log interval, the seed."""
     if model == "mask-rcnn":
-        return options + [f"param_scheduler.0.end={max(1, min(200, iters // 5))}",
-                          f"param_scheduler.1.milestones=[{int(iters * 0.75)},{int(iters * 0.9)}]",
-                          f"param_scheduler.1.end={iters}"]
-    return options + [f"param_scheduler.0.end={iters}"]
+        return detection_schedule(iters, seed)
+    log_interval = min(LOG_INTERVAL, iters)
+    return [f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
+            f"default_hooks.checkpoint.interval={iters}", f"default_hooks.logger.interval={log_interval}",
+            f"log_processor.window_size={log_interval}", f"randomness.seed={seed}", f"param_scheduler.0.end={iters}"]
 
 
 def run_one(model: str, norm: str, seed: int, iters: int, threads: int, work_root: Path,
@@ -128,27 +123,13 @@ def run_one(model: str, norm: str, seed: int, iters: int, threads: int, work_roo
     work_dir = work_root / model / f"{norm.lower()}_seed{seed}"
     if work_dir.exists():  # left by an interrupted study: start the run afresh
         shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True)
-    command = [sys.executable, "tools/train.py", config, "--work-dir", str(work_dir),
-               *(["--data-root", data_root] if data_root else []),
-               "--cfg-options", *schedule_options(model, iters, seed)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.perf_counter()
-    with (work_dir / "study.log").open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed; see {work_dir / 'study.log'}")
-    scalars = read_scalars(work_dir)
-    train_logs = [s for s in scalars if "loss" in s]
+    scalars, cost = run_train_tool(config, work_dir, schedule_options(model, iters, seed), threads=threads,
+                                   data_root=data_root, log_name="study.log")
     # CocoMetric reports nothing for a detector without a single detection (a barely trained one): None then.
     validation = next((s for s in reversed(scalars) if spec.metrics[0] in s), {})
-    times = [s["time"] for s in train_logs[1:]] or [s["time"] for s in train_logs]
     return {"model": model, "norm": norm, "seed": seed, "iters": iters, "config": config,
-            **{metric: validation.get(metric) for metric in spec.metrics},
-            "sec_per_iter": round(statistics.fmean(times), 4),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
-            "final_loss": round(train_logs[-1]["loss"], 4),
+            **{metric: validation.get(metric) for metric in spec.metrics}, **cost,
             "seconds": round(time.perf_counter() - started, 1), "threads": threads}
 
 
